@@ -1,0 +1,124 @@
+//! The command line: the only place that knows clap. Each subcommand lives in its own file
+//! and calls one library function; `main` turns errors into one line on stderr and a
+//! non-zero exit.
+
+mod mount;
+mod umount;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::sys;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ufsd",
+    version,
+    about = "A userspace union filesystem: stack read-only layers under one writable layer",
+    after_help = "Example:\n  ufsd mount --lower /srv/layers/2:/srv/layers/1 --upper /srv/up --work /srv/work /mnt/merged\n\n\
+                  Also run by mount(8) as: mount -t fuse.ufsd ufsd /mnt -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w\n\
+                  Logging: -v (info), -vv (debug), or RUST_LOG=ufsd=debug."
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Mount(mount::MountArgs),
+    Umount(umount::UmountArgs),
+}
+
+const SUBCOMMANDS: &[&str] = &["mount", "umount", "help"];
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let env = env_logger::Env::default().default_filter_or(default);
+    let _ = env_logger::Builder::from_env(env)
+        .format_timestamp_millis()
+        .try_init();
+}
+
+/// Whether argv is the mount helper's form (`ufsd SOURCE MNT -o ...` or `ufsd -o ... MNT`)
+/// rather than a subcommand.
+fn is_helper_form(args: &[OsString]) -> bool {
+    match args.get(1).and_then(|a| a.to_str()) {
+        None => args.len() > 1,
+        Some(first) => {
+            first == "-o" || first.starts_with("-o") && first.len() > 2 || {
+                !first.starts_with('-') && !SUBCOMMANDS.contains(&first)
+            }
+        }
+    }
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    sys::ensure_default_path();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let result = if is_helper_form(&args) {
+        match mount::HelperArgs::parse(&args[1..]) {
+            Ok(h) => {
+                init_logging(h.verbose);
+                mount::run_helper(h)
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        let cli = Cli::parse_from(&args);
+        init_logging(cli.verbose);
+        match cli.command {
+            Command::Mount(a) => mount::run(a),
+            Command::Umount(a) => umount::run(a),
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ufsd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn helper_form_is_recognised() {
+        assert!(is_helper_form(&args(&[
+            "ufsd",
+            "ufsd",
+            "/mnt",
+            "-o",
+            "lowerdir=/l"
+        ])));
+        assert!(is_helper_form(&args(&[
+            "ufsd",
+            "-o",
+            "lowerdir=/l",
+            "/mnt"
+        ])));
+        assert!(is_helper_form(&args(&["ufsd", "-olowerdir=/l", "/mnt"])));
+        assert!(!is_helper_form(&args(&[
+            "ufsd", "mount", "--lower", "/l", "/mnt"
+        ])));
+        assert!(!is_helper_form(&args(&["ufsd", "--help"])));
+        assert!(!is_helper_form(&args(&["ufsd"])));
+    }
+}

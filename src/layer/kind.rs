@@ -1,0 +1,47 @@
+//! The type of a file, as read from `st_mode` or a `d_type`.
+
+/// File type of an entry in a layer or in the merged view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    Regular,
+    Directory,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl FileKind {
+    /// From the `S_IFMT` bits of a mode. `None` for a type Linux does not have.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => FileKind::Regular,
+            libc::S_IFDIR => FileKind::Directory,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => return None,
+        })
+    }
+
+    /// From a `d_type`. `None` for `DT_UNKNOWN` (the caller must stat).
+    pub fn from_dtype(d_type: u8) -> Option<FileKind> {
+        Some(match d_type {
+            libc::DT_REG => FileKind::Regular,
+            libc::DT_DIR => FileKind::Directory,
+            libc::DT_LNK => FileKind::Symlink,
+            libc::DT_FIFO => FileKind::Fifo,
+            libc::DT_SOCK => FileKind::Socket,
+            libc::DT_CHR => FileKind::CharDevice,
+            libc::DT_BLK => FileKind::BlockDevice,
+            _ => return None,
+        })
+    }
+
+    pub fn is_dir(self) -> bool {
+        self == FileKind::Directory
+    }
+}

@@ -1,0 +1,15 @@
+//! ufsd: a userspace union filesystem.
+//!
+//! - [`layer`]: union rules as pure functions, and the layer stack on disk;
+//! - [`fs`]: the merged view as methods returning values (no FUSE);
+//! - [`fuse`]: the thin adapter from fuser to [`fs`];
+//! - [`mount`]: checking a mount request, the daemon's life, unmounting;
+//! - [`cli`]: the command line;
+//! - [`sys`]: every syscall and `unsafe` block.
+
+pub mod cli;
+pub mod fs;
+pub mod fuse;
+pub mod layer;
+pub mod mount;
+pub mod sys;

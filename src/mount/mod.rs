@@ -1,0 +1,459 @@
+//! Mounting and unmounting: checking a mount request, running the daemon, and finding and
+//! stopping it again.
+//!
+//! `ufsd mount` forks before anything else; the child (the daemon) mounts and tells the
+//! parent through a pipe whether the mount is live, so the command returns only once the
+//! mount serves requests, and fails with the daemon's own error line when it does not. The
+//! daemon records its pid in a runtime file named after the mount point, which is how
+//! `ufsd umount` waits for it to exit.
+
+pub mod mountinfo;
+pub mod options;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use log::{debug, info};
+use thiserror::Error;
+
+use crate::fs::UnionFs;
+use crate::fuse::{CachePolicy, FuseAdapter};
+use crate::layer::LayerStack;
+use crate::sys::{self, process};
+
+/// The filesystem type shown in mount tables: `fuse.ufsd`.
+pub const FS_SUBTYPE: &str = "ufsd";
+
+/// Everything a mount needs, as the CLI collected it.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// Lower layers, top-most first.
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+    pub read_only: bool,
+    pub allow_other: bool,
+    /// Kernel flags such as `nodev` passed through.
+    pub flags: Vec<String>,
+    pub fsname: Option<String>,
+    pub ttl: Duration,
+    pub threads: usize,
+    pub passthrough: bool,
+    pub foreground: bool,
+    pub log_file: Option<PathBuf>,
+}
+
+impl MountConfig {
+    /// A configuration with the defaults for everything but the layers and mount point.
+    pub fn new(lowers: Vec<PathBuf>, mountpoint: PathBuf) -> MountConfig {
+        MountConfig {
+            lowers,
+            upper: None,
+            work: None,
+            mountpoint,
+            read_only: false,
+            allow_other: false,
+            flags: Vec::new(),
+            fsname: None,
+            ttl: Duration::from_secs(86400),
+            threads: 4,
+            passthrough: true,
+            foreground: false,
+            log_file: None,
+        }
+    }
+}
+
+/// Why a mount or unmount was refused; each is one line for a person.
+#[derive(Debug, Error)]
+pub enum MountError {
+    #[error("at least one lower layer is needed (--lower DIR or -o lowerdir=DIR)")]
+    NoLower,
+    #[error("{role} {path}: does not exist")]
+    Missing { role: &'static str, path: PathBuf },
+    #[error("{role} {path}: is not a directory")]
+    NotDirectory { role: &'static str, path: PathBuf },
+    #[error("{role} {path}: {source}")]
+    Unreadable {
+        role: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--upper needs --work (an empty directory on the same filesystem as the upper)")]
+    UpperWithoutWork,
+    #[error("--work needs --upper")]
+    WorkWithoutUpper,
+    #[error("{a} {pa} and {b} {pb} overlap: {reason}")]
+    Overlap {
+        a: &'static str,
+        pa: PathBuf,
+        b: &'static str,
+        pb: PathBuf,
+        reason: &'static str,
+    },
+    #[error("upper {upper} and work {work} are on different filesystems; they must share one")]
+    DifferentFilesystems { upper: PathBuf, work: PathBuf },
+    #[error(
+        "no /dev/fuse: load the fuse kernel module (modprobe fuse) or run where FUSE is available"
+    )]
+    NoFuseDevice,
+    #[error(
+        "mounting needs root, or the setuid helper fusermount3 (apt-get install fuse3) for a user mount"
+    )]
+    NoPermission,
+    #[error("{0} is already a ufsd mount; unmount it first (ufsd umount {0})")]
+    AlreadyMounted(PathBuf),
+    #[error("{0} is not a ufsd mount")]
+    NotMounted(PathBuf),
+    #[error(
+        "{0} is busy: a file is open or a process is inside it (ufsd umount --lazy detaches it now)"
+    )]
+    Busy(PathBuf),
+    #[error("unmounting {path}: {source}")]
+    Unmount { path: PathBuf, source: sys::Errno },
+    #[error("the daemon of {0} did not exit within 30 s after the unmount")]
+    DaemonStuck(PathBuf),
+    #[error("mounting {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn check_dir(role: &'static str, path: &Path) -> Result<PathBuf, MountError> {
+    match fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(MountError::Missing {
+            role,
+            path: path.to_path_buf(),
+        }),
+        Err(source) => Err(MountError::Unreadable {
+            role,
+            path: path.to_path_buf(),
+            source,
+        }),
+        Ok(m) if !m.is_dir() => Err(MountError::NotDirectory {
+            role,
+            path: path.to_path_buf(),
+        }),
+        Ok(_) => fs::canonicalize(path).map_err(|source| MountError::Unreadable {
+            role,
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Whether `a` is `b` or lies inside it (both canonical).
+fn within(a: &Path, b: &Path) -> bool {
+    a.starts_with(b)
+}
+
+fn overlap(
+    (a, pa): (&'static str, &Path),
+    (b, pb): (&'static str, &Path),
+) -> Result<(), MountError> {
+    let err = |reason| MountError::Overlap {
+        a,
+        pa: pa.to_path_buf(),
+        b,
+        pb: pb.to_path_buf(),
+        reason,
+    };
+    if pa == pb {
+        Err(err("they are the same directory"))
+    } else if within(pa, pb) {
+        Err(err("the first is inside the second"))
+    } else if within(pb, pa) {
+        Err(err("the second is inside the first"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a mount request and makes every path canonical. Nothing is mounted or written.
+pub fn validate(cfg: &MountConfig) -> Result<MountConfig, MountError> {
+    let mut out = cfg.clone();
+    if cfg.lowers.is_empty() {
+        return Err(MountError::NoLower);
+    }
+    out.lowers = cfg
+        .lowers
+        .iter()
+        .map(|l| check_dir("lower layer", l))
+        .collect::<Result<_, _>>()?;
+    match (&cfg.upper, &cfg.work) {
+        (Some(_), None) => return Err(MountError::UpperWithoutWork),
+        (None, Some(_)) => return Err(MountError::WorkWithoutUpper),
+        _ => {}
+    }
+    out.upper = cfg
+        .upper
+        .as_deref()
+        .map(|u| check_dir("upper", u))
+        .transpose()?;
+    out.work = cfg
+        .work
+        .as_deref()
+        .map(|w| check_dir("work", w))
+        .transpose()?;
+    out.mountpoint = check_dir("mountpoint", &cfg.mountpoint)?;
+    let writable = [("upper", &out.upper), ("work", &out.work)];
+    for (role, dir) in writable {
+        let Some(dir) = dir else { continue };
+        for lower in &out.lowers {
+            overlap((role, dir), ("lower layer", lower))?;
+        }
+    }
+    if let (Some(u), Some(w)) = (&out.upper, &out.work) {
+        overlap(("upper", u), ("work", w))?;
+        let (du, dw) = (dev_of(u)?, dev_of(w)?);
+        if du != dw {
+            return Err(MountError::DifferentFilesystems {
+                upper: u.clone(),
+                work: w.clone(),
+            });
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(MountError::NoFuseDevice);
+    }
+    if sys::euid() != 0
+        && find_in_path("fusermount3").is_none()
+        && find_in_path("fusermount").is_none()
+    {
+        return Err(MountError::NoPermission);
+    }
+    if let Some(m) = mountinfo::mount_at(&out.mountpoint)
+        && m.fs_type == format!("fuse.{FS_SUBTYPE}")
+    {
+        return Err(MountError::AlreadyMounted(out.mountpoint));
+    }
+    Ok(out)
+}
+
+fn dev_of(p: &Path) -> Result<u64, MountError> {
+    fs::metadata(p)
+        .map(|m| m.dev())
+        .map_err(|source| MountError::Unreadable {
+            role: "directory",
+            path: p.to_path_buf(),
+            source,
+        })
+}
+
+fn find_in_path(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// The runtime directory holding daemon pid files.
+fn runtime_dir() -> PathBuf {
+    if sys::euid() == 0 {
+        PathBuf::from("/run/ufsd")
+    } else if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+        PathBuf::from(d).join("ufsd")
+    } else {
+        std::env::temp_dir().join(format!("ufsd-{}", sys::euid()))
+    }
+}
+
+/// FNV-1a, to name a pid file after a mount point of any length.
+fn fnv64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The pid file of the daemon serving `mountpoint` (canonical).
+pub fn pid_file(mountpoint: &Path) -> PathBuf {
+    runtime_dir().join(format!(
+        "{:016x}.pid",
+        fnv64(mountpoint.as_os_str().as_bytes())
+    ))
+}
+
+fn write_pid_file(mountpoint: &Path) -> std::io::Result<PathBuf> {
+    let path = pid_file(mountpoint);
+    fs::create_dir_all(runtime_dir())?;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    writeln!(f, "{}", process::pid())?;
+    f.write_all(mountpoint.as_os_str().as_bytes())?;
+    f.write_all(b"\n")?;
+    drop(f);
+    fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// The daemon pid recorded for `mountpoint`, if its pid file names that mount point.
+pub fn daemon_pid(mountpoint: &Path) -> Option<i32> {
+    let text = fs::read(pid_file(mountpoint)).ok()?;
+    let mut lines = text.split(|b| *b == b'\n');
+    let pid = std::str::from_utf8(lines.next()?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (lines.next()? == mountpoint.as_os_str().as_bytes()).then_some(pid)
+}
+
+fn fuse_config(cfg: &MountConfig) -> Config {
+    let mut opts = vec![
+        MountOption::FSName(cfg.fsname.clone().unwrap_or_else(|| FS_SUBTYPE.to_string())),
+        // As a kernel option, so that mount tables show the type `fuse.ufsd`.
+        MountOption::CUSTOM(format!("subtype={FS_SUBTYPE}")),
+        MountOption::DefaultPermissions,
+    ];
+    // Like mount(8) for root: devices and setuid work unless nodev/nosuid say otherwise,
+    // as a container rootfs needs.
+    if sys::euid() == 0 {
+        for (on, off) in [("dev", "nodev"), ("suid", "nosuid")] {
+            if !cfg.flags.iter().any(|f| f == on || f == off) {
+                opts.push(if on == "dev" {
+                    MountOption::Dev
+                } else {
+                    MountOption::Suid
+                });
+            }
+        }
+    }
+    if cfg.read_only || cfg.upper.is_none() {
+        opts.push(MountOption::RO);
+    }
+    for f in &cfg.flags {
+        opts.push(match f.as_str() {
+            "dev" => MountOption::Dev,
+            "nodev" => MountOption::NoDev,
+            "suid" => MountOption::Suid,
+            "nosuid" => MountOption::NoSuid,
+            "exec" => MountOption::Exec,
+            "noexec" => MountOption::NoExec,
+            "atime" => MountOption::Atime,
+            "noatime" => MountOption::NoAtime,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            "dirsync" => MountOption::DirSync,
+            other => MountOption::CUSTOM(other.to_string()),
+        });
+    }
+    let mut config = Config::default();
+    config.mount_options = opts;
+    // A root mount serves a container rootfs: every user may enter, modes enforced by the
+    // kernel (default_permissions).
+    config.acl = if cfg.allow_other || sys::euid() == 0 {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(cfg.threads);
+    config.clone_fd = true;
+    config
+}
+
+/// Mounts and serves until unmounted. With `notify`, reports readiness (or the error) to
+/// the waiting parent once the mount is live.
+pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Result<(), MountError> {
+    let mount_err = |source: std::io::Error| MountError::Mount {
+        path: cfg.mountpoint.clone(),
+        source,
+    };
+    let started = (|| {
+        sys::raise_nofile_limit();
+        let stack = LayerStack::open(cfg.upper.as_deref(), &cfg.lowers)?;
+        let fs = UnionFs::new(stack).map_err(std::io::Error::from)?;
+        let adapter = FuseAdapter::new(
+            fs,
+            CachePolicy { ttl: cfg.ttl },
+            cfg.passthrough && sys::may_passthrough(),
+        );
+        let session = Session::new(adapter, &cfg.mountpoint, &fuse_config(cfg))?;
+        Ok::<_, std::io::Error>(session)
+    })();
+    let mut session = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let err = mount_err(e);
+            if let Some(n) = notify {
+                n.failed(&err.to_string());
+            }
+            return Err(err);
+        }
+    };
+    let pid_path = write_pid_file(&cfg.mountpoint).ok();
+    info!(
+        "mounted {} ({} lower layer(s), {})",
+        cfg.mountpoint.display(),
+        cfg.lowers.len(),
+        if cfg.upper.is_some() {
+            "writable"
+        } else {
+            "read-only"
+        }
+    );
+    let mut unmounter = session.unmount_callable();
+    process::stop_on_signals(move || {
+        let _ = unmounter.unmount();
+    });
+    if let Some(n) = notify {
+        n.ready();
+    }
+    let result = session.run().map_err(mount_err);
+    if let Some(p) = pid_path {
+        let _ = fs::remove_file(p);
+    }
+    debug!("daemon for {} exits", cfg.mountpoint.display());
+    result
+}
+
+/// Unmounts `mountpoint` and waits for its daemon to exit.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), MountError> {
+    let mnt = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    match mountinfo::mount_at(&mnt) {
+        Some(m) if m.fs_type == format!("fuse.{FS_SUBTYPE}") => {}
+        _ => return Err(MountError::NotMounted(mnt)),
+    }
+    let pid = daemon_pid(&mnt);
+    match sys::unmount(&mnt, lazy) {
+        Ok(()) => {}
+        Err(sys::Errno::EBUSY) => return Err(MountError::Busy(mnt)),
+        Err(sys::Errno::EPERM) => {
+            let status = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .args(lazy.then_some("-z"))
+                .arg(&mnt)
+                .status();
+            if !matches!(status, Ok(s) if s.success()) {
+                return Err(MountError::Unmount {
+                    path: mnt,
+                    source: sys::Errno::EPERM,
+                });
+            }
+        }
+        Err(source) => return Err(MountError::Unmount { path: mnt, source }),
+    }
+    if let Some(pid) = pid {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while process::process_alive(pid) {
+            if lazy {
+                // A lazily detached mount lives on until its last user goes.
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(MountError::DaemonStuck(mnt));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! The only module that talks to the kernel directly: every `unsafe` block and every raw
+//! libc call of ufsd lives here.
+//!
+//! Invariants:
+//! - Everything that touches a layer is relative to a directory fd and never follows a
+//!   symlink stored in a layer (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`, xattrs through the
+//!   `/proc/self/fd` magic link of the parent with the `l*xattr` calls). Only the kernel
+//!   follows symlinks of the merged view.
+//! - Errors are a copyable [`Errno`]; callers add context where it helps a person.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+pub use nix::errno::Errno;
+
+pub mod process;
+
+/// Result of a syscall wrapper.
+pub type SysResult<T> = Result<T, Errno>;
+
+/// `struct stat` as the kernel returns it.
+pub type Stat = libc::stat;
+
+fn cstr(name: &OsStr) -> SysResult<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+fn check(ret: libc::c_int) -> SysResult<libc::c_int> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
+}
+
+fn check_size(ret: libc::ssize_t) -> SysResult<usize> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Opens a layer root given by the user. The user's path may go through symlinks; what is
+/// inside the layer never does.
+pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: plain open(2) with a valid C string; the returned fd is owned by us.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by open(2) and is not owned by anything else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
+pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    let c = cstr(name)?;
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: valid dirfd and C string; the fd returned is owned by the caller.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags, mode) })?;
+    // SAFETY: fd was just returned by openat(2).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a directory inside a layer for reading its entries and xattrs. Falls back to an
+/// `O_PATH` handle when the directory is not readable by the daemon (mode 0311 and the like).
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<OwnedFd> {
+    match open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+        Err(Errno::EACCES) => open_at(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0),
+        other => other,
+    }
+}
+
+/// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Stat> {
+    let c = cstr(name)?;
+    let mut st = std::mem::MaybeUninit::<Stat>::uninit();
+    // SAFETY: st points to writable memory of the right size.
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded and filled st.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstat(fd)`; works on `O_PATH` fds too.
+pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<Stat> {
+    let mut st = std::mem::MaybeUninit::<Stat>::uninit();
+    // SAFETY: st points to writable memory of the right size; "" with AT_EMPTY_PATH is fstat.
+    check(unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: the call succeeded and filled st.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `readlinkat(dirfd, name)`.
+pub fn readlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Vec<u8>> {
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: buf is writable for its whole length.
+    let n = check_size(unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// One raw entry of a layer directory, `.` and `..` left out.
+#[derive(Debug, Clone)]
+pub struct RawDirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    /// `d_type`; `DT_UNKNOWN` on filesystems that do not fill it.
+    pub d_type: u8,
+}
+
+/// Reads every entry of the directory `dir` (which is not consumed: a fresh fd is opened on
+/// `.` so offsets of the caller's fd are untouched).
+pub fn read_dir(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirEntry>> {
+    let fd = open_at(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let mut d = nix::dir::Dir::from_fd(fd)?;
+    let mut out = Vec::new();
+    for entry in d.iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let d_type = match entry.file_type() {
+            Some(nix::dir::Type::Fifo) => libc::DT_FIFO,
+            Some(nix::dir::Type::CharacterDevice) => libc::DT_CHR,
+            Some(nix::dir::Type::Directory) => libc::DT_DIR,
+            Some(nix::dir::Type::BlockDevice) => libc::DT_BLK,
+            Some(nix::dir::Type::File) => libc::DT_REG,
+            Some(nix::dir::Type::Symlink) => libc::DT_LNK,
+            Some(nix::dir::Type::Socket) => libc::DT_SOCK,
+            None => libc::DT_UNKNOWN,
+        };
+        out.push(RawDirEntry {
+            name: OsString::from_vec(name.to_vec()),
+            ino: entry.ino(),
+            d_type,
+        });
+    }
+    Ok(out)
+}
+
+/// The path through which the `l*xattr` calls reach `name` inside `dir` without following
+/// a symlink at `name` (the magic link resolves to the directory itself).
+fn xattr_path(dir: BorrowedFd<'_>, name: Option<&OsStr>) -> SysResult<CString> {
+    let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
+    if let Some(name) = name {
+        p.push(b'/');
+        p.extend_from_slice(name.as_bytes());
+    }
+    CString::new(p).map_err(|_| Errno::EINVAL)
+}
+
+/// Reads xattr `attr` of `name` in `dir` (or of `dir` itself when `name` is `None`).
+/// `Ok(None)` when the attribute is not set.
+pub fn get_xattr(
+    dir: BorrowedFd<'_>,
+    name: Option<&OsStr>,
+    attr: &OsStr,
+) -> SysResult<Option<Vec<u8>>> {
+    let path = xattr_path(dir, name)?;
+    let attr = cstr(attr)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: buf is writable for its whole length; path and attr are C strings.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                attr.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        match check_size(n) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno::ENODATA) => return Ok(None),
+            Err(Errno::ERANGE) => {
+                // SAFETY: a size query with a null buffer.
+                let need = check_size(unsafe {
+                    libc::lgetxattr(path.as_ptr(), attr.as_ptr(), std::ptr::null_mut(), 0)
+                })?;
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Lists the xattr names of `name` in `dir` (or of `dir` itself), NUL-separated as the
+/// kernel returns them.
+pub fn list_xattr(dir: BorrowedFd<'_>, name: Option<&OsStr>) -> SysResult<Vec<u8>> {
+    let path = xattr_path(dir, name)?;
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: buf is writable for its whole length.
+        let n = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        match check_size(n) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::ERANGE) => {
+                // SAFETY: a size query with a null buffer.
+                let need = check_size(unsafe {
+                    libc::llistxattr(path.as_ptr(), std::ptr::null_mut(), 0)
+                })?;
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `fstatvfs(fd)`.
+pub fn statvfs(fd: BorrowedFd<'_>) -> SysResult<libc::statvfs> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: st is writable memory of the right size.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: the call succeeded and filled st.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `pread(fd, buf, offset)`, retried on EINTR, reading until `buf` is full or EOF.
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: rest is writable for its whole length.
+        let n = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                rest.as_mut_ptr().cast(),
+                rest.len(),
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match check_size(n) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Raises the soft limit on open files to the hard limit: a mount keeps one fd per live
+/// directory per layer.
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is valid writable memory.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < lim.rlim_max
+    {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: lim is a valid rlimit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+/// Effective user id of the daemon.
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Whether this process may use FUSE passthrough (it needs `CAP_SYS_ADMIN`).
+pub fn may_passthrough() -> bool {
+    euid() == 0
+}
+
+/// `umount2(path, flags)`; `lazy` adds `MNT_DETACH`.
+pub fn unmount(path: &Path, lazy: bool) -> SysResult<()> {
+    let flags = if lazy {
+        nix::mount::MntFlags::MNT_DETACH
+    } else {
+        nix::mount::MntFlags::empty()
+    };
+    nix::mount::umount2(path, flags)
+}
+
+/// An all-zero `struct stat`, for replies that carry no file.
+pub fn zeroed_stat() -> Stat {
+    // SAFETY: struct stat is plain old data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Sets PATH to the standard system directories when it is missing, as it is when the
+/// `mount.fuse3` helper starts us. Must run before any thread exists.
+pub fn ensure_default_path() {
+    if std::env::var_os("PATH").is_none() {
+        // SAFETY: called at start-up while the process is single-threaded.
+        unsafe {
+            std::env::set_var(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+        };
+    }
+}
