@@ -209,7 +209,9 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
             Ok(opened) => {
-                if self.passthrough.load(Ordering::Relaxed) {
+                let pt = self.passthrough.load(Ordering::Relaxed);
+                debug!("open ino={} fh={} passthrough={pt}", ino.0, opened.fh);
+                if pt {
                     self.reply_passthrough(ino.0, opened.fh, &opened.file, reply);
                 } else {
                     reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE);
@@ -230,6 +232,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        debug!("read through the daemon: fh={} offset={offset} size={size}", fh.0);
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
