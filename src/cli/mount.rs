@@ -32,7 +32,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR", requires = "upper")]
     work: Option<PathBuf>,
     /// Mount options, comma-separated: allow_other, ro, nodev, timeout=SECS, threads=N,
-    /// nopassthrough, and overlay-style lowerdir=,upperdir=,workdir=.
+    /// nopassthrough, whiteout=overlay|oci|auto, and overlay-style
+    /// lowerdir=,upperdir=,workdir=.
     #[arg(short = 'o', value_name = "OPTS")]
     options: Vec<String>,
     /// Stay in the foreground instead of returning once the mount is live.
@@ -90,6 +91,7 @@ fn config_from(
         cfg.threads = n;
     }
     cfg.passthrough = !o.no_passthrough;
+    cfg.whiteout = o.whiteout;
     Ok(cfg)
 }
 

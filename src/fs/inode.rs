@@ -41,6 +41,8 @@ pub struct NodeState {
     pub layer: usize,
     /// For directories: open fds of every merged layer directory, top-down.
     pub dirs: Vec<(usize, OwnedFd)>,
+    /// The tree generation this state was resolved in (see `UnionFs::fresh`).
+    pub generation: u64,
 }
 
 impl NodeState {
@@ -100,9 +102,14 @@ impl NodeTable {
         let node = match entry {
             dashmap::mapref::entry::Entry::Occupied(o) => {
                 let node = o.get().clone();
-                if id != ROOT_ID {
-                    *node.state.write() = state;
+                let mut cur = node.state.write();
+                // A copied-up file keeps its upper instance when another name of the same
+                // lower inode (a hard link) is looked up: the link stays a link.
+                let keep_upper = cur.layer == 0 && state.layer != 0 && !cur.kind.is_dir();
+                if id != ROOT_ID && !keep_upper {
+                    *cur = state;
                 }
+                drop(cur);
                 node
             }
             dashmap::mapref::entry::Entry::Vacant(v) => {
@@ -115,17 +122,27 @@ impl NodeTable {
         node
     }
 
-    /// Drops `n` kernel references to `id`; the node leaves the table at zero.
-    pub fn forget(&self, id: u64, n: u64) {
+    /// Counts one more kernel reference to a live node (a new hard link to it).
+    pub fn lookup_existing(&self, id: u64) {
+        if let Some(n) = self.nodes.get(&id) {
+            n.lookups.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops `n` kernel references to `id`; the node leaves the table at zero (and this
+    /// returns true).
+    pub fn forget(&self, id: u64, n: u64) -> bool {
         if id == ROOT_ID {
-            return;
+            return false;
         }
         if let dashmap::mapref::entry::Entry::Occupied(o) = self.nodes.entry(id) {
             let prev = o.get().lookups.fetch_sub(n, Ordering::Relaxed);
             if prev <= n {
                 o.remove();
+                return true;
             }
         }
+        false
     }
 
     /// Number of live nodes (the root included).
@@ -161,6 +178,7 @@ mod tests {
             kind: FileKind::Regular,
             layer: 0,
             dirs: Vec::new(),
+            generation: 0,
         }
     }
 

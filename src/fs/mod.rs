@@ -2,14 +2,22 @@
 //! (`Result<T, Errno>`), independent of FUSE, so every rule can be exercised without a
 //! mount. The FUSE adapter in [`crate::fuse`] only converts and replies.
 
+mod copyup;
 pub mod handle;
 pub mod inode;
+mod write;
+
+pub use copyup::{WhiteoutFormat, remove_tree};
+pub use write::{Caller, NewObject, SetAttr};
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use dashmap::DashSet;
 
 use crate::layer::merge::merge_listings;
 use crate::layer::resolve::{Probe, Resolver, Step};
@@ -40,6 +48,8 @@ pub struct DirItem {
 pub struct OpenedFile {
     pub fh: u64,
     pub file: Arc<File>,
+    /// Whether the file is the upper layer's (writable) instance.
+    pub upper: bool,
 }
 
 /// The merged view of one layer stack.
@@ -48,18 +58,43 @@ pub struct UnionFs {
     stack: LayerStack,
     nodes: NodeTable,
     handles: HandleTable,
+    /// The staging directory inside the work dir (absent on read-only stacks).
+    work: Option<OwnedFd>,
+    whiteout: WhiteoutFormat,
+    temp_counter: AtomicU64,
+    /// Ids whose upper copy must show as a new inode (see `split_for_write`).
+    split: DashSet<u64>,
+    /// Bumped when a directory tree is copied up, which leaves the cached layer
+    /// instances of nodes inside it out of date; nodes of an older generation are
+    /// resolved again before use.
+    tree_gen: AtomicU64,
+}
+
+/// A name as found in the merged view by a fresh probe.
+pub(super) struct Found {
+    pub layer: usize,
+    pub kind: FileKind,
+    pub dirs: Vec<(usize, std::os::fd::OwnedFd)>,
+    pub id: u64,
+    /// The shown instance's stat.
+    pub stat: Stat,
 }
 
 /// Where to reach a node's backing instance: a directory fd and, for non-directories, the
 /// name inside it.
-enum Place<'a> {
+pub(super) enum Place<'a> {
     Dir(BorrowedFd<'a>),
     Entry(BorrowedFd<'a>, &'a OsStr),
 }
 
 impl UnionFs {
-    /// Builds the merged view of `stack`; fails if the root of the top layer is unusable.
-    pub fn new(stack: LayerStack) -> SysResult<UnionFs> {
+    /// Builds the merged view of `stack`; `work` is the staging directory for a writable
+    /// stack. Fails if a layer root is unusable.
+    pub fn new(
+        stack: LayerStack,
+        work: Option<OwnedFd>,
+        whiteout: WhiteoutFormat,
+    ) -> SysResult<UnionFs> {
         let nodes = NodeTable::default();
         let mut resolver = Resolver::new(stack.upper());
         let mut dirs = Vec::new();
@@ -83,11 +118,17 @@ impl UnionFs {
             kind: FileKind::Directory,
             layer: 0,
             dirs,
+            generation: 0,
         });
         Ok(UnionFs {
             stack,
             nodes,
             handles: HandleTable::default(),
+            work,
+            whiteout,
+            temp_counter: AtomicU64::new(0),
+            split: DashSet::new(),
+            tree_gen: AtomicU64::new(0),
         })
     }
 
@@ -105,12 +146,46 @@ impl UnionFs {
         self.nodes.len()
     }
 
-    fn node(&self, id: u64) -> SysResult<Arc<Node>> {
-        self.nodes.get(id).ok_or(Errno::ESTALE)
+    /// A live node, resolved again first if a tree copy-up made its state stale.
+    pub(super) fn node(&self, id: u64) -> SysResult<Arc<Node>> {
+        let node = self.nodes.get(id).ok_or(Errno::ESTALE)?;
+        self.fresh(&node)?;
+        Ok(node)
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.tree_gen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Brings the node's layer instances up to date with the current tree generation.
+    pub(super) fn fresh(&self, node: &Arc<Node>) -> SysResult<()> {
+        let now = self.generation();
+        let parent = {
+            let st = node.state.read();
+            if st.generation == now {
+                return Ok(());
+            }
+            st.parent.clone()
+        };
+        let Some(parent) = parent else {
+            node.state.write().generation = now;
+            return Ok(());
+        };
+        self.fresh(&parent)?;
+        let name = node.state.read().name.clone();
+        let found = self.find(&parent.state.read(), &name)?;
+        let mut st = node.state.write();
+        if let Some(f) = found {
+            st.layer = f.layer;
+            st.kind = f.kind;
+            st.dirs = f.dirs;
+        }
+        st.generation = now;
+        Ok(())
     }
 
     /// Calls `f` with the place of the node's shown instance.
-    fn with_place<T>(
+    pub(super) fn with_place<T>(
         &self,
         node: &Node,
         f: impl FnOnce(Place<'_>) -> SysResult<T>,
@@ -130,81 +205,121 @@ impl UnionFs {
         f(Place::Entry(dir, &st.name))
     }
 
-    fn stat_node(&self, node: &Node) -> SysResult<Attr> {
-        let st = self.with_place(node, |p| match p {
+    pub(super) fn stat_node(&self, node: &Node) -> SysResult<Attr> {
+        let mut st = self.with_place(node, |p| match p {
             Place::Dir(fd) => sys::stat_fd(fd),
             Place::Entry(dir, name) => sys::stat_at(dir, name),
         })?;
+        // As overlayfs: a directory merged from several layers has no meaningful link
+        // count, and reports 1.
+        if node.state.read().dirs.len() > 1 {
+            st.st_nlink = 1;
+        }
         Ok(Attr { ino: node.id, st })
     }
 
-    /// Looks `name` up in the directory `parent`, top-down through its merged layers.
+    /// Looks `name` up in the directory `parent`, top-down through its merged layers,
+    /// and counts one kernel reference to what it finds.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<Attr> {
         if name.len() > 255 {
             return Err(Errno::ENAMETOOLONG);
         }
-        if is_reserved_name(name.as_bytes()) {
-            return Err(Errno::ENOENT);
-        }
         let parent = self.node(parent)?;
-        let pst = parent.state.read();
-        if !pst.kind.is_dir() {
-            return Err(Errno::ENOTDIR);
+        let found = {
+            let pst = parent.state.read();
+            if !pst.kind.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+            self.find(&pst, name)?.ok_or(Errno::ENOENT)?
+        };
+        let (id, layer) = (found.id, found.layer);
+        let attr = Attr {
+            ino: id,
+            st: found.stat,
+        };
+        let node = self.nodes.lookup(
+            id,
+            NodeState {
+                parent: Some(parent),
+                name: name.to_os_string(),
+                kind: found.kind,
+                layer,
+                dirs: found.dirs,
+                generation: self.generation(),
+            },
+        );
+        if node.state.read().layer != layer {
+            return self.stat_node(&node);
+        }
+        Ok(attr)
+    }
+
+    /// Probes `name` in the directory state `pst` without touching the node table.
+    pub(super) fn find(&self, pst: &NodeState, name: &OsStr) -> SysResult<Option<Found>> {
+        if is_reserved_name(name.as_bytes()) {
+            return Ok(None);
         }
         let mut resolver = Resolver::new(self.stack.upper());
-        let mut winner_stat: Option<Stat> = None;
-        let mut origin_stat: Option<(usize, Stat)> = None;
+        let mut stats: Vec<(usize, Stat)> = Vec::new();
         let mut dirs = Vec::new();
         for (layer, fd) in &pst.dirs {
-            let probed = self.stack.probe(fd.as_fd(), name)?;
-            let step = resolver.feed(*layer, probed.probe);
-            if let Probe::Entry { .. } = probed.probe {
-                if winner_stat.is_none() {
-                    winner_stat = probed.stat;
-                } else if origin_stat.is_none() {
-                    origin_stat = probed.stat.map(|s| (*layer, s));
-                }
-                if let Some(dir) = probed.dir {
-                    dirs.push((*layer, dir));
-                }
+            let p = self.stack.probe(fd.as_fd(), name)?;
+            let step = resolver.feed(*layer, p.probe);
+            if let Some(s) = p.stat {
+                stats.push((*layer, s));
+            }
+            if let Some(d) = p.dir {
+                dirs.push((*layer, d));
             }
             if step == Step::Done {
                 break;
             }
         }
         let res = resolver.finish();
-        let (layer, kind) = res.winner.ok_or(Errno::ENOENT)?;
-        let st = winner_stat.ok_or(Errno::EIO)?;
-        dirs.retain(|(l, _)| res.merged.contains(l));
-        let id = match (res.origin, origin_stat) {
-            (Some(ol), Some((sl, ost))) if ol == sl => self.id_of(&ost),
-            _ => self.id_of(&st),
+        let Some((layer, kind)) = res.winner else {
+            return Ok(None);
         };
-        drop(pst);
-        self.nodes.lookup(
+        dirs.retain(|(l, _)| res.merged.contains(l));
+        let stat_of = |l: usize| stats.iter().find(|(sl, _)| *sl == l).map(|(_, s)| s);
+        let st = stat_of(layer).ok_or(Errno::EIO)?;
+        let id = match res.origin.and_then(stat_of) {
+            Some(ost) if !self.is_split(self.id_of(ost)) => self.id_of(ost),
+            _ => self.id_of(st),
+        };
+        Ok(Some(Found {
+            layer,
+            kind,
+            dirs,
             id,
-            NodeState {
-                parent: Some(parent),
-                name: name.to_os_string(),
-                kind,
-                layer,
-                dirs,
-            },
-        );
-        Ok(Attr { ino: id, st })
+            stat: *st,
+        }))
+    }
+
+    fn is_split(&self, id: u64) -> bool {
+        !self.split.is_empty() && self.split.contains(&id)
     }
 
     /// The merged-view id of the backing file `st`.
-    fn id_of(&self, st: &Stat) -> u64 {
+    pub(super) fn id_of(&self, st: &Stat) -> u64 {
         self.nodes
             .id_for(self.stack.dev_index(st.st_dev), st.st_ino)
     }
 
     pub fn forget(&self, id: u64, n: u64) {
-        self.nodes.forget(id, n);
+        if self.nodes.forget(id, n) {
+            self.split.remove(&id);
+        }
     }
 
-    pub fn getattr(&self, id: u64) -> SysResult<Attr> {
+    /// Attributes of a node; through the open handle `fh` when given, so that a file
+    /// unlinked while open still answers.
+    pub fn getattr(&self, id: u64, fh: Option<u64>) -> SysResult<Attr> {
+        if let Some(file) = fh.and_then(|fh| self.handles.file(fh)) {
+            return Ok(Attr {
+                ino: id,
+                st: sys::stat_fd(file.as_fd())?,
+            });
+        }
         let node = self.node(id)?;
         self.stat_node(&node)
     }
@@ -217,13 +332,16 @@ impl UnionFs {
         })
     }
 
-    /// Opens a regular file for reading.
+    /// Opens a regular file: for writing, copied up first; for reading, where it is.
     pub fn open(&self, id: u64, flags: i32) -> SysResult<OpenedFile> {
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if writes {
-            return Err(Errno::EROFS);
+            return self.open_for_write(id, flags);
         }
         let node = self.node(id)?;
+        if node.state.read().layer == 0 && !self.read_only() {
+            return self.open_upper(&node, flags);
+        }
         let fd = self.with_place(&node, |p| match p {
             Place::Entry(dir, name) => {
                 sys::open_at(dir, name, libc::O_RDONLY | (flags & libc::O_NONBLOCK), 0)
@@ -232,7 +350,11 @@ impl UnionFs {
         })?;
         let file = Arc::new(File::from(fd));
         let fh = self.handles.add_file(file.clone());
-        Ok(OpenedFile { fh, file })
+        Ok(OpenedFile {
+            fh,
+            file,
+            upper: false,
+        })
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
@@ -259,6 +381,7 @@ impl UnionFs {
     /// `i + 1`. Offset 0 (a fresh read or a rewind) reads the layers again.
     pub fn readdir(&self, fh: u64, offset: u64) -> SysResult<Arc<Vec<DirItem>>> {
         let dir = self.handles.dir(fh).ok_or(Errno::EBADF)?;
+        self.fresh(&dir.node)?;
         let mut cached = dir.listing.lock();
         if offset == 0 || cached.is_none() {
             *cached = Some(Arc::new(self.list_merged(&dir.node)?));

@@ -9,13 +9,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use fuser::{
-    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle,
+    FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use log::{debug, info, warn};
 
-use crate::fs::{Attr, UnionFs};
+use crate::fs::{Attr, Caller, NewObject, SetAttr, UnionFs};
 use crate::layer::FileKind;
 use crate::sys;
 
@@ -36,7 +38,15 @@ pub struct FuseAdapter {
     passthrough: AtomicBool,
     /// One backing id per inode while it has open handles: the kernel allows a single
     /// backing file per inode at a time.
-    backing: DashMap<u64, (BackingId, u32)>,
+    backing: DashMap<u64, Backing>,
+}
+
+/// A passthrough backing file registered with the kernel for one inode.
+struct Backing {
+    id: BackingId,
+    opens: u32,
+    /// Whether it is the upper (writable) instance.
+    upper: bool,
 }
 
 impl FuseAdapter {
@@ -54,30 +64,91 @@ impl FuseAdapter {
         to_file_attr(a)
     }
 
-    /// Registers `file` as the backing file of `ino` (or reuses the id it has) and replies.
-    fn reply_passthrough(&self, ino: u64, fh: u64, file: &std::fs::File, reply: ReplyOpen) {
+    /// The backing file of `ino` for one more open: the one it has, or `file` registered
+    /// through `register`. `None` when the kernel refuses it (the open then goes through
+    /// the daemon).
+    fn acquire_backing(
+        &self,
+        ino: u64,
+        upper: bool,
+        register: impl FnOnce() -> io::Result<BackingId>,
+    ) -> Option<dashmap::mapref::one::RefMut<'_, u64, Backing>> {
         let mut entry = match self.backing.entry(ino) {
             dashmap::mapref::entry::Entry::Occupied(o) => o.into_ref(),
-            dashmap::mapref::entry::Entry::Vacant(v) => match reply.open_backing(file) {
-                Ok(id) => v.insert((id, 0)),
+            dashmap::mapref::entry::Entry::Vacant(v) => match register() {
+                Ok(id) => v.insert(Backing {
+                    id,
+                    opens: 0,
+                    upper,
+                }),
                 Err(e) => {
-                    warn!("passthrough refused for inode {ino} ({e}); reading through the daemon");
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-                    return;
+                    warn!(
+                        "passthrough refused for inode {ino} ({e}); data goes through the daemon"
+                    );
+                    return None;
                 }
             },
         };
-        entry.1 += 1;
-        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &entry.0);
+        entry.opens += 1;
+        Some(entry)
+    }
+
+    /// Whether a write open of `ino` would need a second backing file while a lower one is
+    /// in use (see `UnionFs::split_for_write`).
+    fn lower_backing_in_use(&self, ino: u64) -> bool {
+        self.backing.get(&ino).is_some_and(|b| !b.upper)
+    }
+
+    fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    fn reply_entry(&self, r: sys::SysResult<Attr>, reply: ReplyEntry) {
+        match r {
+            Ok(a) => reply.entry(&self.cache.ttl, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn reply_empty(r: sys::SysResult<()>, reply: ReplyEmpty) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn drop_backing(&self, ino: u64) {
         if let dashmap::mapref::entry::Entry::Occupied(mut o) = self.backing.entry(ino) {
-            o.get_mut().1 = o.get().1.saturating_sub(1);
-            if o.get().1 == 0 {
+            o.get_mut().opens = o.get().opens.saturating_sub(1);
+            if o.get().opens == 0 {
                 o.remove();
             }
         }
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: TimeOrNow) -> sys::SetTime {
+    match t {
+        TimeOrNow::Now => sys::SetTime::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => sys::SetTime::At(d.as_secs() as i64, i64::from(d.subsec_nanos())),
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut ns) = (-(d.as_secs() as i64), -i64::from(d.subsec_nanos()));
+                if ns < 0 {
+                    s -= 1;
+                    ns += 1_000_000_000;
+                }
+                sys::SetTime::At(s, ns)
+            }
+        },
     }
 }
 
@@ -192,8 +263,8 @@ impl Filesystem for FuseAdapter {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.cache.ttl, &self.attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -207,16 +278,315 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, flags.0) {
-            Ok(opened) => {
-                let pt = self.passthrough.load(Ordering::Relaxed);
-                debug!("open ino={} fh={} passthrough={pt}", ino.0, opened.fh);
-                if pt {
-                    self.reply_passthrough(ino.0, opened.fh, &opened.file, reply);
-                } else {
-                    reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE);
-                }
-            }
+        let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        if writes && self.passthrough() && self.lower_backing_in_use(ino.0) {
+            // The kernel would refuse a second backing file for this inode. Copy up and
+            // show the copy as a new inode; ESTALE makes the kernel look the name up again
+            // and retry the open on it, while earlier readers keep the lower file.
+            debug!(
+                "open for write of ino={} while its lower file is open: split",
+                ino.0
+            );
+            let r = self.fs.split_for_write(ino.0);
+            return reply.error(errno(r.err().unwrap_or(sys::Errno::ESTALE)));
+        }
+        let opened = match self.fs.open(ino.0, flags.0) {
+            Ok(o) => o,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let fh = FileHandle(opened.fh);
+        debug!(
+            "open ino={} fh={} passthrough={}",
+            ino.0,
+            opened.fh,
+            self.passthrough()
+        );
+        if self.passthrough()
+            && let Some(b) =
+                self.acquire_backing(ino.0, opened.upper, || reply.open_backing(&*opened.file))
+        {
+            return reply.opened_passthrough(fh, FopenFlags::empty(), &b.id);
+        }
+        reply.opened(
+            fh,
+            if opened.upper {
+                FopenFlags::empty()
+            } else {
+                FopenFlags::FOPEN_KEEP_CACHE
+            },
+        );
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let caller = caller(req);
+        let (attr, opened) = match self.fs.create(parent.0, name, mode & !umask, flags, caller) {
+            Ok(r) => r,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let fa = self.attr(&attr);
+        let fh = FileHandle(opened.fh);
+        if self.passthrough()
+            && let Some(b) =
+                self.acquire_backing(attr.ino, true, || reply.open_backing(&*opened.file))
+        {
+            return reply.created_passthrough(
+                &self.cache.ttl,
+                &fa,
+                Generation(0),
+                fh,
+                FopenFlags::empty(),
+                &b.id,
+            );
+        }
+        reply.created(&self.cache.ttl, &fa, Generation(0), fh, FopenFlags::empty());
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let obj = NewObject::Node {
+            mode: mode & !umask,
+            rdev: u64::from(rdev),
+        };
+        self.reply_entry(
+            self.fs.create_object(parent.0, name, obj, caller(req)),
+            reply,
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let obj = NewObject::Dir {
+            mode: mode & !umask,
+        };
+        self.reply_entry(
+            self.fs.create_object(parent.0, name, obj, caller(req)),
+            reply,
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let obj = NewObject::Symlink {
+            target: target.as_os_str(),
+        };
+        self.reply_entry(
+            self.fs.create_object(parent.0, link_name, obj, caller(req)),
+            reply,
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(self.fs.link(ino.0, newparent.0, newname), reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::reply_empty(self.fs.remove(parent.0, name, false), reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::reply_empty(self.fs.remove(parent.0, name, true), reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .fs
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        Self::reply_empty(r, reply);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            fh: fh.map(|f| f.0),
+        };
+        match self.fs.setattr(ino.0, set) {
+            Ok(a) => reply.attr(&self.cache.ttl, &self.attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::reply_empty(self.fs.fsync(fh.0, datasync), reply);
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::reply_empty(self.fs.fsyncdir(ino.0, datasync), reply);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        Self::reply_empty(self.fs.setxattr(ino.0, name, value, flags), reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::reply_empty(self.fs.removexattr(ino.0, name), reply);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        Self::reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.fs.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .fs
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -232,7 +602,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        debug!("read through the daemon: fh={} offset={offset} size={size}", fh.0);
+        debug!(
+            "read through the daemon: fh={} offset={offset} size={size}",
+            fh.0
+        );
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),

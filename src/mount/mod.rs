@@ -21,7 +21,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use log::{debug, info};
 use thiserror::Error;
 
-use crate::fs::UnionFs;
+use crate::fs::{UnionFs, WhiteoutFormat};
 use crate::fuse::{CachePolicy, FuseAdapter};
 use crate::layer::LayerStack;
 use crate::sys::{self, process};
@@ -47,6 +47,8 @@ pub struct MountConfig {
     pub passthrough: bool,
     pub foreground: bool,
     pub log_file: Option<PathBuf>,
+    /// Forced whiteout format; `None` picks overlayfs format where mknod is permitted.
+    pub whiteout: Option<WhiteoutFormat>,
 }
 
 impl MountConfig {
@@ -66,6 +68,7 @@ impl MountConfig {
             passthrough: true,
             foreground: false,
             log_file: None,
+            whiteout: None,
         }
     }
 }
@@ -370,8 +373,17 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
     };
     let started = (|| {
         sys::raise_nofile_limit();
+        sys::set_umask(0);
         let stack = LayerStack::open(cfg.upper.as_deref(), &cfg.lowers)?;
-        let fs = UnionFs::new(stack).map_err(std::io::Error::from)?;
+        let (work, whiteout) = match &cfg.work {
+            Some(w) if !cfg.read_only => {
+                let (fd, format) = prepare_work(w, cfg.whiteout)?;
+                (Some(fd), format)
+            }
+            _ => (None, WhiteoutFormat::Overlay),
+        };
+        info!("whiteouts are written as {whiteout:?} format");
+        let fs = UnionFs::new(stack, work, whiteout).map_err(std::io::Error::from)?;
         let adapter = FuseAdapter::new(
             fs,
             CachePolicy { ttl: cfg.ttl },
@@ -414,6 +426,40 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
     }
     debug!("daemon for {} exits", cfg.mountpoint.display());
     result
+}
+
+/// Opens (creating it if needed) the staging directory `WORK/work`, clears what an
+/// interrupted run left there, and picks the whiteout format: overlayfs's character device
+/// where mknod is permitted, else `.wh.` files.
+fn prepare_work(
+    workdir: &Path,
+    forced: Option<WhiteoutFormat>,
+) -> std::io::Result<(std::os::fd::OwnedFd, WhiteoutFormat)> {
+    use std::os::fd::AsFd;
+    let staging = workdir.join("work");
+    match fs::create_dir(&staging) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let fd = sys::open_root(&staging)?;
+    for e in sys::read_dir(fd.as_fd()).map_err(std::io::Error::from)? {
+        crate::fs::remove_tree(fd.as_fd(), &e.name).map_err(std::io::Error::from)?;
+    }
+    let format = match forced {
+        Some(f) => f,
+        None => {
+            let probe = std::ffi::OsStr::new("#ufsd.whiteout-probe");
+            match sys::mknod_at(fd.as_fd(), probe, libc::S_IFCHR, 0) {
+                Ok(()) => {
+                    let _ = sys::unlink_at(fd.as_fd(), probe, false);
+                    WhiteoutFormat::Overlay
+                }
+                Err(_) => WhiteoutFormat::Oci,
+            }
+        }
+    };
+    Ok((fd, format))
 }
 
 /// Unmounts `mountpoint` and waits for its daemon to exit.

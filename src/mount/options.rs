@@ -37,6 +37,8 @@ pub struct MountOptions {
     pub timeout: Option<Duration>,
     pub threads: Option<usize>,
     pub no_passthrough: bool,
+    /// `whiteout=overlay|oci` forces the whiteout format; `auto` (default) probes.
+    pub whiteout: Option<crate::fs::WhiteoutFormat>,
     /// Overlayfs options accepted without effect, for the debug log.
     pub ignored: Vec<String>,
 }
@@ -148,6 +150,14 @@ impl MountOptions {
                 self.threads = Some(n);
             }
             "nopassthrough" => self.no_passthrough = true,
+            "whiteout" => {
+                self.whiteout = match need(value)? {
+                    "overlay" => Some(crate::fs::WhiteoutFormat::Overlay),
+                    "oci" => Some(crate::fs::WhiteoutFormat::Oci),
+                    "auto" => None,
+                    _ => return Err(OptionError::BadValue(opt.to_string())),
+                }
+            }
             // overlayfs options that leave the merged view as ufsd already shows it.
             "index" | "metacopy" | "nfs_export" => match value {
                 Some("off") => self.ignored.push(opt.to_string()),

@@ -330,3 +330,288 @@ pub fn ensure_default_path() {
         };
     }
 }
+
+/// `mkdirat(dirfd, name, mode)`.
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> SysResult<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid dirfd and C string.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) }).map(drop)
+}
+
+/// `mknodat(dirfd, name, mode, rdev)`.
+pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> SysResult<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid dirfd and C string.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, rdev) }).map(drop)
+}
+
+/// `symlinkat(target, dirfd, name)`.
+pub fn symlink_at(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+    let (t, c) = (cstr(target)?, cstr(name)?);
+    // SAFETY: valid dirfd and C strings.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
+}
+
+/// `linkat(olddir, oldname, newdir, newname, 0)`: never follows a symlink at `oldname`.
+pub fn link_at(
+    olddir: BorrowedFd<'_>,
+    oldname: &OsStr,
+    newdir: BorrowedFd<'_>,
+    newname: &OsStr,
+) -> SysResult<()> {
+    let (o, n) = (cstr(oldname)?, cstr(newname)?);
+    // SAFETY: valid dirfds and C strings.
+    check(unsafe {
+        libc::linkat(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// `unlinkat(dirfd, name, AT_REMOVEDIR if dir)`.
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> SysResult<()> {
+    let c = cstr(name)?;
+    let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: valid dirfd and C string.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(drop)
+}
+
+/// `renameat2` flags.
+pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+pub const RENAME_WHITEOUT: u32 = libc::RENAME_WHITEOUT;
+
+/// `renameat2(olddir, oldname, newdir, newname, flags)`.
+pub fn rename_at(
+    olddir: BorrowedFd<'_>,
+    oldname: &OsStr,
+    newdir: BorrowedFd<'_>,
+    newname: &OsStr,
+    flags: u32,
+) -> SysResult<()> {
+    let (o, n) = (cstr(oldname)?, cstr(newname)?);
+    // SAFETY: valid dirfds and C strings.
+    check(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// The path that reaches `name` in `dir` (or `dir` itself) for calls that have no `*at`
+/// form honouring "do not follow": through the `/proc/self/fd` magic link.
+fn fd_path(dir: BorrowedFd<'_>, name: Option<&OsStr>) -> SysResult<CString> {
+    xattr_path(dir, name)
+}
+
+/// `fchownat(dirfd, name, uid, gid, AT_SYMLINK_NOFOLLOW)`; `None` leaves an id unchanged.
+/// With `name` `None`, changes `dir` itself.
+pub fn chown_at(
+    dir: BorrowedFd<'_>,
+    name: Option<&OsStr>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> SysResult<()> {
+    let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+    let c = cstr(name.unwrap_or(OsStr::new("")))?;
+    let flags = if name.is_some() {
+        libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        libc::AT_EMPTY_PATH
+    };
+    // SAFETY: valid dirfd and C string.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), u, g, flags) }).map(drop)
+}
+
+/// chmod of `name` in `dir` (or of `dir`), which must not be a symlink.
+pub fn chmod_at(dir: BorrowedFd<'_>, name: Option<&OsStr>, mode: u32) -> SysResult<()> {
+    let p = fd_path(dir, name)?;
+    // SAFETY: a C string path; the magic link resolves to the object itself.
+    check(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
+}
+
+/// A timestamp to set: a value, now, or leave alone.
+#[derive(Clone, Copy, Debug)]
+pub enum SetTime {
+    At(i64, i64),
+    Now,
+    Omit,
+}
+
+fn timespec(t: SetTime) -> libc::timespec {
+    match t {
+        SetTime::At(s, ns) => libc::timespec {
+            tv_sec: s,
+            tv_nsec: ns,
+        },
+        SetTime::Now => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        SetTime::Omit => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+    }
+}
+
+/// `utimensat` on `name` in `dir` without following it (or on `dir` itself).
+pub fn utimens_at(
+    dir: BorrowedFd<'_>,
+    name: Option<&OsStr>,
+    atime: SetTime,
+    mtime: SetTime,
+) -> SysResult<()> {
+    let times = [timespec(atime), timespec(mtime)];
+    let c = cstr(name.unwrap_or(OsStr::new("")))?;
+    let flags = if name.is_some() {
+        libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        libc::AT_EMPTY_PATH
+    };
+    // SAFETY: valid dirfd, C string and a two-element timespec array.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), times.as_ptr(), flags) }).map(drop)
+}
+
+/// Sets xattr `attr` on `name` in `dir` (or on `dir`), not following symlinks.
+pub fn set_xattr(
+    dir: BorrowedFd<'_>,
+    name: Option<&OsStr>,
+    attr: &OsStr,
+    value: &[u8],
+    flags: i32,
+) -> SysResult<()> {
+    let (p, a) = (xattr_path(dir, name)?, cstr(attr)?);
+    // SAFETY: C strings and a readable value buffer.
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            a.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// Removes xattr `attr` from `name` in `dir` (or from `dir`), not following symlinks.
+pub fn remove_xattr(dir: BorrowedFd<'_>, name: Option<&OsStr>, attr: &OsStr) -> SysResult<()> {
+    let (p, a) = (xattr_path(dir, name)?, cstr(attr)?);
+    // SAFETY: C strings.
+    check(unsafe { libc::lremovexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
+}
+
+/// `ftruncate(fd, size)`.
+pub fn truncate_fd(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
+}
+
+/// `fsync` or `fdatasync`.
+pub fn sync_fd(fd: BorrowedFd<'_>, data_only: bool) -> SysResult<()> {
+    // SAFETY: plain syscalls on a valid fd.
+    check(unsafe {
+        if data_only {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+    .map(drop)
+}
+
+/// `fallocate(fd, mode, offset, len)`.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> SysResult<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })
+    .map(drop)
+}
+
+/// `pwrite` of the whole buffer, retried on EINTR and short writes.
+pub fn pwrite_all(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> SysResult<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        let rest = &data[done..];
+        // SAFETY: rest is readable for its whole length.
+        let n = unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match check_size(n) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) if done > 0 => {
+                let _ = e;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// `lseek(fd, offset, whence)`.
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> SysResult<i64> {
+    // SAFETY: plain syscall on a valid fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if r < 0 { Err(Errno::last()) } else { Ok(r) }
+}
+
+/// `copy_file_range` between two fds at explicit offsets; returns bytes copied.
+pub fn copy_range(
+    src: BorrowedFd<'_>,
+    src_off: u64,
+    dst: BorrowedFd<'_>,
+    dst_off: u64,
+    len: u64,
+) -> SysResult<usize> {
+    let mut so = src_off as libc::loff_t;
+    let mut d = dst_off as libc::loff_t;
+    // SAFETY: valid fds and offset pointers to locals.
+    check_size(unsafe {
+        libc::copy_file_range(
+            src.as_raw_fd(),
+            &mut so,
+            dst.as_raw_fd(),
+            &mut d,
+            len as usize,
+            0,
+        )
+    } as libc::ssize_t)
+}
+
+/// Shares all data of `src` into `dst` (FICLONE), where the filesystem can.
+pub fn clone_file(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> SysResult<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source fd as its argument.
+    check(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) }).map(drop)
+}
+
+/// Sets the process umask (the daemon uses 0 so modes come out as asked).
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask) };
+}

@@ -1,0 +1,399 @@
+//! Copy-up: giving a lower-layer object an instance in the upper layer before it changes,
+//! and the whiteout and opaque markers the write path leaves in the upper layer.
+//!
+//! Invariants:
+//! - a copy is built under a temporary name in the work directory (same filesystem as the
+//!   upper) with data, owner, mode, xattrs and times, fsync'ed, and only then renamed into
+//!   place, so a crash never leaves a half-copied file visible;
+//! - data moves in the kernel: FICLONE where the filesystem shares extents, else
+//!   `copy_file_range` over the data extents only (holes stay holes);
+//! - overlay-private xattrs are never copied;
+//! - the upper parent's timestamps are restored afterwards, as overlayfs does, so a copy-up
+//!   is invisible in the merged view.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::UnionFs;
+use super::inode::Node;
+use crate::layer::FileKind;
+use crate::layer::merge::merge_listings;
+use crate::layer::stack::kind_of;
+use crate::layer::whiteout::{self, EntryClass, OPAQUE_MARKER};
+use crate::sys::{self, Errno, SetTime, Stat, SysResult};
+
+/// How this mount writes whiteouts and opaque markers into the upper layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhiteoutFormat {
+    /// Character device 0/0 and `trusted.overlay.opaque=y` (kernel overlayfs can mount it).
+    Overlay,
+    /// `.wh.NAME` files and `.wh..wh..opq` markers, where mknod is not permitted.
+    Oci,
+}
+
+/// Upper-layer copy of `st`'s times.
+fn times_of(st: &Stat) -> (SetTime, SetTime) {
+    (
+        SetTime::At(st.st_atime, st.st_atime_nsec),
+        SetTime::At(st.st_mtime, st.st_mtime_nsec),
+    )
+}
+
+impl UnionFs {
+    /// The work directory, where copies and whiteouts are staged.
+    pub(super) fn work(&self) -> SysResult<BorrowedFd<'_>> {
+        self.work.as_ref().map(|w| w.as_fd()).ok_or(Errno::EROFS)
+    }
+
+    /// A fresh name in the work directory.
+    pub(super) fn temp_name(&self) -> OsString {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#ufsd.{}.{n}", sys::process::pid()))
+    }
+
+    /// Ensures `node` has an instance in the upper layer, copying it and any missing
+    /// parent directories up.
+    pub(super) fn copy_up(&self, node: &Arc<Node>) -> SysResult<()> {
+        let parent = {
+            let st = node.state.read();
+            if st.layer == 0 {
+                return Ok(());
+            }
+            st.parent.clone().ok_or(Errno::EIO)?
+        };
+        self.copy_up(&parent)?;
+        let mut st = node.state.write();
+        if st.layer == 0 {
+            return Ok(());
+        }
+        let pst = parent.state.read();
+        let upper_parent = pst.dir_in(0).ok_or(Errno::EIO)?;
+        let src_dir = pst.dir_in(st.layer).ok_or(Errno::ESTALE)?;
+        let stat = sys::stat_at(src_dir, &st.name)?;
+        let parent_times = sys::stat_at(upper_parent, OsStr::new("."))?;
+        self.copy_one(src_dir, &st.name, &stat, upper_parent, &st.name)?;
+        restore_times(upper_parent, None, &parent_times);
+        if st.kind.is_dir() {
+            let fd = sys::open_dir_at(upper_parent, &st.name)?;
+            st.dirs.insert(0, (0, fd));
+        }
+        st.layer = 0;
+        Ok(())
+    }
+
+    /// Copies the object `name` in `src_dir` (with stat `stat`) to `dst_name` in
+    /// `dst_dir`, through the work directory. Directories are copied empty.
+    pub(super) fn copy_one(
+        &self,
+        src_dir: BorrowedFd<'_>,
+        name: &OsStr,
+        stat: &Stat,
+        dst_dir: BorrowedFd<'_>,
+        dst_name: &OsStr,
+    ) -> SysResult<()> {
+        let work = self.work()?;
+        let tmp = self.temp_name();
+        let kind = kind_of(stat)?;
+        let made = (|| {
+            match kind {
+                FileKind::Regular => {
+                    let src = sys::open_at(src_dir, name, libc::O_RDONLY, 0)?;
+                    let dst = sys::open_at(
+                        work,
+                        &tmp,
+                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                        0o600,
+                    )?;
+                    copy_data(src.as_fd(), dst.as_fd(), stat.st_size as u64)?;
+                    self.copy_meta(src_dir, name, stat, work, &tmp, kind)?;
+                    sys::sync_fd(dst.as_fd(), false)?;
+                }
+                FileKind::Directory => {
+                    sys::mkdir_at(work, &tmp, 0o700)?;
+                    self.copy_meta(src_dir, name, stat, work, &tmp, kind)?;
+                }
+                FileKind::Symlink => {
+                    let target = sys::readlink_at(src_dir, name)?;
+                    sys::symlink_at(OsStr::from_bytes(&target), work, &tmp)?;
+                    self.copy_meta(src_dir, name, stat, work, &tmp, kind)?;
+                }
+                _ => {
+                    sys::mknod_at(work, &tmp, stat.st_mode, stat.st_rdev)?;
+                    self.copy_meta(src_dir, name, stat, work, &tmp, kind)?;
+                }
+            }
+            sys::rename_at(work, &tmp, dst_dir, dst_name, 0)
+        })();
+        if made.is_err() {
+            let _ = remove_tree(work, &tmp);
+        }
+        made?;
+        if kind.is_dir() {
+            // Renaming a directory may touch its times; set them again.
+            let (a, m) = times_of(stat);
+            let _ = sys::utimens_at(dst_dir, Some(dst_name), a, m);
+        }
+        Ok(())
+    }
+
+    /// Owner, mode, xattrs and times of `name` in `src_dir` onto `tmp` in `work`.
+    fn copy_meta(
+        &self,
+        src_dir: BorrowedFd<'_>,
+        name: &OsStr,
+        stat: &Stat,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        kind: FileKind,
+    ) -> SysResult<()> {
+        sys::chown_at(work, Some(tmp), Some(stat.st_uid), Some(stat.st_gid))?;
+        // After chown, which clears setuid/setgid bits.
+        if kind != FileKind::Symlink {
+            sys::chmod_at(work, Some(tmp), stat.st_mode & 0o7777)?;
+        }
+        copy_xattrs(src_dir, name, work, tmp)?;
+        let (a, m) = times_of(stat);
+        sys::utimens_at(work, Some(tmp), a, m)
+    }
+
+    /// Copies a whole merged directory tree into the upper layer and makes its top opaque,
+    /// so that it no longer depends on any lower layer (used before renaming a directory
+    /// that has lower parts). Whiteouts inside it become pointless and are removed.
+    pub(super) fn copy_up_tree(&self, node: &Arc<Node>) -> SysResult<()> {
+        self.copy_up(node)?;
+        let mut st = node.state.write();
+        if st.dirs.len() == 1 && st.dirs[0].0 == 0 {
+            return Ok(());
+        }
+        let upper = st.dirs[0].1.try_clone().map_err(|_| Errno::EMFILE)?;
+        let dirs: Vec<(usize, BorrowedFd<'_>)> =
+            st.dirs.iter().map(|(l, fd)| (*l, fd.as_fd())).collect();
+        self.copy_children(&dirs, upper.as_fd())?;
+        self.set_opaque(upper.as_fd())?;
+        st.dirs.truncate(1);
+        // Nodes below now have stale layer instances.
+        st.generation = self.tree_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        Ok(())
+    }
+
+    /// Copies every merged child of the directory made of `dirs` (top-down; the first is
+    /// the upper one) into `upper`, recursively.
+    fn copy_children(
+        &self,
+        dirs: &[(usize, BorrowedFd<'_>)],
+        upper: BorrowedFd<'_>,
+    ) -> SysResult<()> {
+        let upper_times = sys::stat_fd(upper)?;
+        let mut listings = Vec::with_capacity(dirs.len());
+        for (layer, fd) in dirs {
+            listings.push(self.stack.list(*layer, *fd)?);
+        }
+        // Whiteouts and markers in the upper directory hide nothing once it is complete.
+        for e in &listings[0].entries {
+            if !matches!(
+                whiteout::classify(e.name.as_bytes(), e.kind, e.rdev),
+                EntryClass::Visible
+            ) {
+                let _ = sys::unlink_at(upper, &e.name, e.kind.is_dir());
+            }
+        }
+        for e in merge_listings(&listings, Some(0)) {
+            let src = dirs
+                .iter()
+                .find(|(l, _)| *l == e.layer)
+                .map(|(_, fd)| *fd)
+                .ok_or(Errno::EIO)?;
+            if e.layer != 0 {
+                let stat = sys::stat_at(src, &e.name)?;
+                self.copy_one(src, &e.name, &stat, upper, &e.name)?;
+            }
+            if e.kind.is_dir() {
+                // The child's own merged layers: every parent layer that holds it as a
+                // directory, until an opaque one.
+                let mut child_dirs: Vec<(usize, OwnedFd)> = Vec::new();
+                for (layer, fd) in dirs {
+                    let p = self.stack.probe(*fd, &e.name)?;
+                    match (p.probe, p.dir) {
+                        (crate::layer::resolve::Probe::Entry { opaque, .. }, Some(d)) => {
+                            child_dirs.push((*layer, d));
+                            if opaque {
+                                break;
+                            }
+                        }
+                        (crate::layer::resolve::Probe::Absent, _) => continue,
+                        _ => break,
+                    }
+                }
+                let upper_child = sys::open_dir_at(upper, &e.name)?;
+                if !child_dirs.iter().any(|(l, _)| *l == 0) {
+                    child_dirs.insert(0, (0, upper_child.try_clone().map_err(|_| Errno::EMFILE)?));
+                }
+                let borrowed: Vec<(usize, BorrowedFd<'_>)> =
+                    child_dirs.iter().map(|(l, fd)| (*l, fd.as_fd())).collect();
+                if borrowed.len() > 1 {
+                    self.copy_children(&borrowed, upper_child.as_fd())?;
+                }
+            }
+        }
+        restore_times(upper, None, &upper_times);
+        Ok(())
+    }
+
+    /// Marks the upper directory `dir` opaque.
+    pub(super) fn set_opaque(&self, dir: BorrowedFd<'_>) -> SysResult<()> {
+        if self.whiteout == WhiteoutFormat::Overlay {
+            match sys::set_xattr(dir, None, OsStr::new(whiteout::OPAQUE_XATTRS[0]), b"y", 0) {
+                Ok(()) => return Ok(()),
+                Err(Errno::EPERM) | Err(Errno::ENOTSUP) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let marker = OsStr::from_bytes(OPAQUE_MARKER);
+        match sys::open_at(dir, marker, libc::O_CREAT | libc::O_WRONLY, 0o600) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a whiteout for `name` in the upper directory `dir`. With `replace`, an
+    /// existing upper entry of that name is swapped out atomically and removed.
+    pub(super) fn make_whiteout(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        replace: bool,
+    ) -> SysResult<()> {
+        let work = self.work()?;
+        match self.whiteout {
+            WhiteoutFormat::Overlay => {
+                if !replace {
+                    return sys::mknod_at(dir, name, libc::S_IFCHR, 0);
+                }
+                let tmp = self.temp_name();
+                sys::mknod_at(work, &tmp, libc::S_IFCHR, 0)?;
+                if let Err(e) = sys::rename_at(work, &tmp, dir, name, sys::RENAME_EXCHANGE) {
+                    let _ = sys::unlink_at(work, &tmp, false);
+                    return Err(e);
+                }
+                remove_tree(work, &tmp)
+            }
+            WhiteoutFormat::Oci => {
+                if replace {
+                    let tmp = self.temp_name();
+                    sys::rename_at(dir, name, work, &tmp, 0)?;
+                    remove_tree(work, &tmp)?;
+                }
+                let wh = whiteout::whiteout_name(name.as_bytes());
+                sys::open_at(
+                    dir,
+                    OsStr::from_bytes(&wh),
+                    libc::O_CREAT | libc::O_WRONLY,
+                    0o600,
+                )
+                .map(drop)
+            }
+        }
+    }
+}
+
+/// Sets `name` in `dir` (or `dir`) back to the times in `st`; best effort.
+pub(super) fn restore_times(dir: BorrowedFd<'_>, name: Option<&OsStr>, st: &Stat) {
+    let (a, m) = times_of(st);
+    let _ = sys::utimens_at(dir, name, a, m);
+}
+
+/// Copies the data of `src` into the empty file `dst`: a reflink where possible, else
+/// `copy_file_range` over each data extent, then sets the size (trailing holes).
+fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    if size == 0 || sys::clone_file(src, dst).is_ok() {
+        return sys::truncate_fd(dst, size);
+    }
+    let mut off: u64 = 0;
+    while off < size {
+        let data = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d as u64,
+            Err(Errno::ENXIO) => break,
+            Err(_) => off,
+        };
+        let end = match sys::lseek(src, data as i64, libc::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(size),
+            Err(_) => size,
+        };
+        let mut pos = data;
+        while pos < end {
+            let n = match sys::copy_range(src, pos, dst, pos, end - pos) {
+                Ok(0) => copy_by_buffer(src, dst, pos, end - pos)?,
+                Ok(n) => n,
+                Err(Errno::EXDEV) | Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => {
+                    copy_by_buffer(src, dst, pos, end - pos)?
+                }
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                break;
+            }
+            pos += n as u64;
+        }
+        off = end;
+    }
+    sys::truncate_fd(dst, size)
+}
+
+/// The fallback where the kernel cannot copy between the two filesystems: 1 MiB chunks.
+fn copy_by_buffer(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    pos: u64,
+    len: u64,
+) -> SysResult<usize> {
+    let mut buf = vec![0u8; len.min(1 << 20) as usize];
+    let n = sys::pread_full(src, &mut buf, pos)?;
+    sys::pwrite_all(dst, &buf[..n], pos)
+}
+
+/// Copies every xattr but the overlay-private ones. Namespaces the daemon may not write
+/// (or the target filesystem does not support) are skipped.
+fn copy_xattrs(
+    src_dir: BorrowedFd<'_>,
+    name: &OsStr,
+    dst_dir: BorrowedFd<'_>,
+    dst: &OsStr,
+) -> SysResult<()> {
+    let list = match sys::list_xattr(src_dir, Some(name)) {
+        Ok(l) => l,
+        Err(Errno::ENOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for attr in list.split(|b| *b == 0).filter(|a| !a.is_empty()) {
+        if whiteout::is_private_xattr(attr) {
+            continue;
+        }
+        let attr = OsStr::from_bytes(attr);
+        let Some(value) = sys::get_xattr(src_dir, Some(name), attr)? else {
+            continue;
+        };
+        match sys::set_xattr(dst_dir, Some(dst), attr, &value, 0) {
+            Ok(()) | Err(Errno::ENOTSUP) | Err(Errno::EPERM) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Removes `name` in `dir` and everything below it.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+    match sys::unlink_at(dir, name, false) {
+        Ok(()) => return Ok(()),
+        Err(Errno::EISDIR) | Err(Errno::EPERM) => {}
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let sub = sys::open_dir_at(dir, name)?;
+    for e in sys::read_dir(sub.as_fd())? {
+        remove_tree(sub.as_fd(), &e.name)?;
+    }
+    sys::unlink_at(dir, name, true)
+}

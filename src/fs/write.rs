@@ -1,0 +1,628 @@
+//! The write path: every mutation of the merged view, in the overlayfs on-disk format.
+//!
+//! Rules (those of overlayfs, see docs/design.md):
+//! - changes happen only in the upper layer; a lower object is copied up first;
+//! - removing a name that a lower layer shows leaves a whiteout; creating a directory
+//!   where a whiteout hid something makes it opaque;
+//! - renaming a directory with lower parts first copies its whole tree up (and makes it
+//!   opaque), so the rename is a plain rename in the upper layer: no EXDEV;
+//! - names beginning with `.wh.` cannot be created: they would read back as whiteouts.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use super::copyup::{WhiteoutFormat, remove_tree};
+use super::inode::{Node, NodeState};
+use super::{Attr, Found, OpenedFile, UnionFs};
+use crate::layer::FileKind;
+use crate::layer::resolve::{Resolver, Step};
+use crate::layer::whiteout::{self, is_private_xattr, is_reserved_name};
+use crate::sys::{self, Errno, SetTime, SysResult};
+
+/// Who asks: the new object's owner.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What a `setattr` changes; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    pub fh: Option<u64>,
+}
+
+/// What kind of object to create.
+pub enum NewObject<'a> {
+    File { mode: u32 },
+    Dir { mode: u32 },
+    Node { mode: u32, rdev: u64 },
+    Symlink { target: &'a OsStr },
+}
+
+impl UnionFs {
+    fn writable(&self) -> SysResult<()> {
+        if self.read_only() {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_new_name(name: &OsStr) -> SysResult<()> {
+        if name.len() > 255 {
+            Err(Errno::ENAMETOOLONG)
+        } else if is_reserved_name(name.as_bytes()) {
+            Err(Errno::EINVAL)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether the layers below the upper one show `name` in directory `pst`: removing the
+    /// upper entry would then reveal it, so a whiteout is needed.
+    fn lower_has(&self, pst: &NodeState, name: &OsStr) -> SysResult<bool> {
+        let mut resolver = Resolver::new(None);
+        for (layer, fd) in pst.dirs.iter().filter(|(l, _)| *l != 0) {
+            let p = self.stack.probe(fd.as_fd(), name)?;
+            if resolver.feed(*layer, p.probe) == Step::Done {
+                break;
+            }
+        }
+        Ok(resolver.finish().winner.is_some())
+    }
+
+    /// The node for a found name: the live one, or a detached one for this call.
+    fn node_for(&self, parent: &Arc<Node>, name: &OsStr, f: Found) -> Arc<Node> {
+        match self.nodes.get(f.id) {
+            Some(n) => {
+                let mut st = n.state.write();
+                st.parent = Some(parent.clone());
+                st.name = name.to_os_string();
+                st.layer = f.layer;
+                st.kind = f.kind;
+                st.dirs = f.dirs;
+                drop(st);
+                n
+            }
+            None => Arc::new(Node::new(
+                f.id,
+                NodeState {
+                    parent: Some(parent.clone()),
+                    name: name.to_os_string(),
+                    kind: f.kind,
+                    layer: f.layer,
+                    dirs: f.dirs,
+                    generation: self.generation(),
+                },
+            )),
+        }
+    }
+
+    /// Creates a new object at `name` in `parent` owned by `caller`, replacing a whiteout
+    /// there if any, and returns its attributes (counting a kernel lookup).
+    pub fn create_object(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        obj: NewObject<'_>,
+        caller: Caller,
+    ) -> SysResult<Attr> {
+        self.writable()?;
+        Self::check_new_name(name)?;
+        let parent_node = self.node(parent)?;
+        {
+            let pst = parent_node.state.read();
+            if !pst.kind.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+            if self.find(&pst, name)?.is_some() {
+                return Err(Errno::EEXIST);
+            }
+        }
+        self.copy_up(&parent_node)?;
+        let pst = parent_node.state.read();
+        let upper = pst.dir_in(0).ok_or(Errno::EIO)?;
+        let parent_st = sys::stat_fd(upper)?;
+        // Ownership as the kernel gives it: the caller's, but the group of a setgid dir.
+        let gid = (parent_st.st_mode & libc::S_ISGID == 0).then_some(caller.gid);
+        let (is_dir, mode) = match &obj {
+            NewObject::File { mode } | NewObject::Node { mode, .. } => (false, *mode),
+            NewObject::Dir { mode } => (true, *mode),
+            NewObject::Symlink { .. } => (false, 0o777),
+        };
+        let make = |dir: BorrowedFd<'_>, n: &OsStr| -> SysResult<()> {
+            match &obj {
+                NewObject::File { mode } => sys::open_at(
+                    dir,
+                    n,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    mode & 0o777,
+                )
+                .map(drop),
+                NewObject::Dir { mode } => sys::mkdir_at(dir, n, mode & 0o777),
+                NewObject::Node { mode, rdev } => {
+                    sys::mknod_at(dir, n, (mode & libc::S_IFMT) | (mode & 0o777), *rdev)
+                }
+                NewObject::Symlink { target } => sys::symlink_at(target, dir, n),
+            }?;
+            sys::chown_at(dir, Some(n), Some(caller.uid), gid)?;
+            // After chown (which clears setuid/setgid), the full requested mode.
+            if !matches!(obj, NewObject::Symlink { .. }) && mode & 0o7000 != 0 {
+                sys::chmod_at(dir, Some(n), mode & 0o7777)?;
+            }
+            Ok(())
+        };
+        match upper_slot(upper, name)? {
+            Slot::Empty => make(upper, name)?,
+            Slot::OverlayWhiteout => {
+                // Build in the work dir and swap it in for the whiteout atomically.
+                let work = self.work()?;
+                let tmp = self.temp_name();
+                make(work, &tmp)?;
+                if is_dir {
+                    let fd = sys::open_dir_at(work, &tmp)?;
+                    self.set_opaque(fd.as_fd())?;
+                }
+                if let Err(e) = sys::rename_at(work, &tmp, upper, name, sys::RENAME_EXCHANGE) {
+                    let _ = remove_tree(work, &tmp);
+                    return Err(e);
+                }
+                remove_tree(work, &tmp)?;
+            }
+            Slot::OciWhiteout => {
+                make(upper, name)?;
+                if is_dir {
+                    let fd = sys::open_dir_at(upper, name)?;
+                    self.set_opaque(fd.as_fd())?;
+                }
+                let wh = whiteout::whiteout_name(name.as_bytes());
+                sys::unlink_at(upper, OsStr::from_bytes(&wh), false)?;
+            }
+            Slot::Taken => return Err(Errno::EEXIST),
+        }
+        super::copyup::restore_times(upper, None, &parent_st);
+        let _ = sys::utimens_at(upper, None, SetTime::Now, SetTime::Now);
+        drop(pst);
+        self.lookup(parent, name)
+    }
+
+    /// Opens a file for writing (copying it up first) or reading.
+    pub fn open_for_write(&self, id: u64, flags: i32) -> SysResult<OpenedFile> {
+        self.writable()?;
+        let node = self.node(id)?;
+        if node.state.read().kind.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        self.copy_up(&node)?;
+        self.open_upper(&node, flags)
+    }
+
+    /// Opens the upper instance of `node`. The fd is opened read-write where possible: it
+    /// backs every open of the inode under passthrough; the kernel enforces each open's mode.
+    pub(super) fn open_upper(&self, node: &Node, flags: i32) -> SysResult<OpenedFile> {
+        let keep = flags & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC);
+        let fd = self.with_place(node, |p| match p {
+            super::Place::Entry(dir, name) => {
+                match sys::open_at(dir, name, libc::O_RDWR | keep, 0) {
+                    Err(Errno::EACCES) | Err(Errno::ETXTBSY) | Err(Errno::EROFS) => {
+                        sys::open_at(dir, name, (flags & libc::O_ACCMODE) | keep, 0)
+                    }
+                    other => other,
+                }
+            }
+            super::Place::Dir(_) => Err(Errno::EISDIR),
+        })?;
+        if flags & libc::O_TRUNC != 0 {
+            sys::truncate_fd(fd.as_fd(), 0)?;
+        }
+        let file = Arc::new(std::fs::File::from(fd));
+        let fh = self.handles.add_file(file.clone());
+        Ok(OpenedFile {
+            fh,
+            file,
+            upper: true,
+        })
+    }
+
+    /// Creates and opens a regular file.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> SysResult<(Attr, OpenedFile)> {
+        let attr = self.create_object(parent, name, NewObject::File { mode }, caller)?;
+        let node = self.node(attr.ino)?;
+        let opened = self.open_upper(&node, flags & !libc::O_TRUNC)?;
+        Ok((attr, opened))
+    }
+
+    /// Removes a non-directory (`dir` false) or an empty directory (`dir` true).
+    pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> SysResult<()> {
+        self.writable()?;
+        let parent_node = self.node(parent)?;
+        let found = {
+            let pst = parent_node.state.read();
+            self.find(&pst, name)?.ok_or(Errno::ENOENT)?
+        };
+        match (dir, found.kind.is_dir()) {
+            (false, true) => return Err(Errno::EISDIR),
+            (true, false) => return Err(Errno::ENOTDIR),
+            _ => {}
+        }
+        if dir && !self.merged_is_empty(&found.dirs)? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        self.copy_up(&parent_node)?;
+        let pst = parent_node.state.read();
+        let upper = pst.dir_in(0).ok_or(Errno::EIO)?;
+        let parent_st = sys::stat_fd(upper)?;
+        let need_whiteout = self.lower_has(&pst, name)?;
+        let in_upper = found.layer == 0;
+        match (in_upper, need_whiteout) {
+            (true, true) => self.make_whiteout(upper, name, true)?,
+            (true, false) if dir => {
+                // Its whiteouts go with it: move it aside, then delete.
+                let work = self.work()?;
+                let tmp = self.temp_name();
+                sys::rename_at(upper, name, work, &tmp, 0)?;
+                remove_tree(work, &tmp)?;
+            }
+            (true, false) => sys::unlink_at(upper, name, false)?,
+            (false, _) => self.make_whiteout(upper, name, false)?,
+        }
+        super::copyup::restore_times(upper, None, &parent_st);
+        let _ = sys::utimens_at(upper, None, SetTime::Now, SetTime::Now);
+        Ok(())
+    }
+
+    fn merged_is_empty(&self, dirs: &[(usize, std::os::fd::OwnedFd)]) -> SysResult<bool> {
+        let mut listings = Vec::with_capacity(dirs.len());
+        for (layer, fd) in dirs {
+            listings.push(self.stack.list(*layer, fd.as_fd())?);
+        }
+        Ok(crate::layer::merge::merge_listings(&listings, self.stack.upper()).is_empty())
+    }
+
+    /// Renames `name` in `parent` to `newname` in `newparent`; `flags` are renameat2's.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> SysResult<()> {
+        self.writable()?;
+        Self::check_new_name(newname)?;
+        let exchange = flags & sys::RENAME_EXCHANGE != 0;
+        if flags & !(sys::RENAME_EXCHANGE | sys::RENAME_NOREPLACE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let (pnode, npnode) = (self.node(parent)?, self.node(newparent)?);
+        let src = self.find(&pnode.state.read(), name)?.ok_or(Errno::ENOENT)?;
+        let dst = self.find(&npnode.state.read(), newname)?;
+        if flags & sys::RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if exchange && dst.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        if let Some(d) = &dst {
+            if d.id == src.id && !exchange {
+                return Ok(());
+            }
+            match (src.kind.is_dir(), d.kind.is_dir(), exchange) {
+                (true, false, false) => return Err(Errno::ENOTDIR),
+                (false, true, false) => return Err(Errno::EISDIR),
+                (_, true, false) if !self.merged_is_empty(&d.dirs)? => {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                _ => {}
+            }
+        }
+        let src_is_dir = src.kind.is_dir();
+        let dst_info = dst.as_ref().map(|d| (d.layer, d.kind));
+        let src_node = self.node_for(&pnode, name, src);
+        let dst_node = dst.map(|d| self.node_for(&npnode, newname, d));
+        for n in std::iter::once(&src_node).chain(dst_node.iter().filter(|_| exchange)) {
+            if n.state.read().kind.is_dir() {
+                self.copy_up_tree(n)?;
+            } else {
+                self.copy_up(n)?;
+            }
+        }
+        self.copy_up(&pnode)?;
+        self.copy_up(&npnode)?;
+        let pst = pnode.state.read();
+        let up = pst.dir_in(0).ok_or(Errno::EIO)?;
+        let need_whiteout = !exchange && self.lower_has(&pst, name)?;
+        let same_parent = Arc::ptr_eq(&pnode, &npnode);
+        let npst = if same_parent {
+            None
+        } else {
+            Some(npnode.state.read())
+        };
+        let unp = match &npst {
+            Some(s) => s.dir_in(0).ok_or(Errno::EIO)?,
+            None => up,
+        };
+        let (pt, npt) = (sys::stat_fd(up)?, sys::stat_fd(unp)?);
+        let work = self.work()?;
+        let mut aside = None;
+        if !exchange {
+            if let Some((0, FileKind::Directory)) = dst_info {
+                // The target directory may hold whiteouts; it must be empty on disk.
+                let tmp = self.temp_name();
+                sys::rename_at(unp, newname, work, &tmp, 0)?;
+                aside = Some(tmp);
+            }
+            if src_is_dir && self.lower_has(npst.as_deref().unwrap_or(&pst), newname)? {
+                let fd = sys::open_dir_at(up, name)?;
+                self.set_opaque(fd.as_fd())?;
+            }
+        }
+        let mut rflags = flags & (sys::RENAME_EXCHANGE);
+        if need_whiteout && self.whiteout == WhiteoutFormat::Overlay {
+            rflags |= sys::RENAME_WHITEOUT;
+        }
+        let renamed = sys::rename_at(up, name, unp, newname, rflags);
+        if let Err(e) = renamed {
+            if let Some(tmp) = &aside {
+                let _ = sys::rename_at(work, tmp, unp, newname, 0);
+            }
+            return Err(e);
+        }
+        if let Some(tmp) = aside {
+            remove_tree(work, &tmp)?;
+        }
+        if need_whiteout && self.whiteout == WhiteoutFormat::Oci {
+            self.make_whiteout(up, name, false)?;
+        }
+        if !exchange && self.whiteout == WhiteoutFormat::Oci {
+            let wh = whiteout::whiteout_name(newname.as_bytes());
+            let _ = sys::unlink_at(unp, OsStr::from_bytes(&wh), false);
+        }
+        for (d, t) in [(up, &pt), (unp, &npt)] {
+            super::copyup::restore_times(d, None, t);
+            let _ = sys::utimens_at(d, None, SetTime::Now, SetTime::Now);
+        }
+        drop(npst);
+        drop(pst);
+        self.moved(&src_node, &npnode, newname);
+        if exchange && let Some(d) = &dst_node {
+            self.moved(d, &pnode, name);
+        }
+        Ok(())
+    }
+
+    /// Records that `node` now lives at `name` in `parent`, in the upper layer.
+    fn moved(&self, node: &Arc<Node>, parent: &Arc<Node>, name: &OsStr) {
+        let mut st = node.state.write();
+        st.parent = Some(parent.clone());
+        st.name = name.to_os_string();
+        st.layer = 0;
+        st.generation = self.generation();
+    }
+
+    /// Makes a hard link `newname` in `newparent` to `id` (copied up first).
+    pub fn link(&self, id: u64, newparent: u64, newname: &OsStr) -> SysResult<Attr> {
+        self.writable()?;
+        Self::check_new_name(newname)?;
+        let node = self.node(id)?;
+        if node.state.read().kind.is_dir() {
+            return Err(Errno::EPERM);
+        }
+        let np = self.node(newparent)?;
+        if self.find(&np.state.read(), newname)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.copy_up(&node)?;
+        self.copy_up(&np)?;
+        {
+            let st = node.state.read();
+            let parent = st.parent.as_ref().ok_or(Errno::ESTALE)?;
+            let pst = parent.state.read();
+            let src_dir = pst.dir_in(0).ok_or(Errno::EIO)?;
+            let npst = if Arc::ptr_eq(parent, &np) {
+                None
+            } else {
+                Some(np.state.read())
+            };
+            let dst_dir = match &npst {
+                Some(s) => s.dir_in(0).ok_or(Errno::EIO)?,
+                None => src_dir,
+            };
+            match upper_slot(dst_dir, newname)? {
+                Slot::Empty => sys::link_at(src_dir, &st.name, dst_dir, newname)?,
+                Slot::OverlayWhiteout => {
+                    let work = self.work()?;
+                    let tmp = self.temp_name();
+                    sys::link_at(src_dir, &st.name, work, &tmp)?;
+                    sys::rename_at(work, &tmp, dst_dir, newname, 0)?;
+                }
+                Slot::OciWhiteout => {
+                    sys::link_at(src_dir, &st.name, dst_dir, newname)?;
+                    let wh = whiteout::whiteout_name(newname.as_bytes());
+                    sys::unlink_at(dst_dir, OsStr::from_bytes(&wh), false)?;
+                }
+                Slot::Taken => return Err(Errno::EEXIST),
+            }
+        }
+        // The new name is the same inode: answer with the node's own id.
+        let mut attr = self.stat_node(&node)?;
+        attr.ino = node.id;
+        self.nodes.lookup_existing(node.id);
+        Ok(attr)
+    }
+
+    /// Changes attributes, copying up first.
+    pub fn setattr(&self, id: u64, set: SetAttr) -> SysResult<Attr> {
+        self.writable()?;
+        let node = self.node(id)?;
+        self.copy_up(&node)?;
+        if let Some(size) = set.size {
+            let via_handle = set.fh.and_then(|fh| self.handles.file(fh));
+            match via_handle {
+                Some(f) => sys::truncate_fd(f.as_fd(), size)?,
+                None => {
+                    let fd = self.with_place(&node, |p| match p {
+                        super::Place::Entry(dir, name) => {
+                            sys::open_at(dir, name, libc::O_WRONLY, 0)
+                        }
+                        super::Place::Dir(_) => Err(Errno::EISDIR),
+                    })?;
+                    sys::truncate_fd(fd.as_fd(), size)?;
+                }
+            }
+        }
+        self.with_place(&node, |p| {
+            let (dir, name) = match p {
+                super::Place::Dir(fd) => (fd, None),
+                super::Place::Entry(dir, name) => (dir, Some(name)),
+            };
+            if set.uid.is_some() || set.gid.is_some() {
+                sys::chown_at(dir, name, set.uid, set.gid)?;
+            }
+            if let Some(mode) = set.mode {
+                sys::chmod_at(dir, name, mode & 0o7777)?;
+            }
+            if set.atime.is_some() || set.mtime.is_some() {
+                sys::utimens_at(
+                    dir,
+                    name,
+                    set.atime.unwrap_or(SetTime::Omit),
+                    set.mtime.unwrap_or(SetTime::Omit),
+                )?;
+            }
+            Ok(())
+        })?;
+        self.stat_node(&node)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<usize> {
+        let file = self.handles.file(fh).ok_or(Errno::EBADF)?;
+        sys::pwrite_all(file.as_fd(), data, offset)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
+        let file = self.handles.file(fh).ok_or(Errno::EBADF)?;
+        sys::sync_fd(file.as_fd(), datasync)
+    }
+
+    /// fsync of a directory: its upper instance, if it has one.
+    pub fn fsyncdir(&self, id: u64, datasync: bool) -> SysResult<()> {
+        let node = self.node(id)?;
+        let st = node.state.read();
+        match st.dir_in(0) {
+            Some(fd) => match sys::sync_fd(fd, datasync) {
+                Err(Errno::EBADF) => Ok(()),
+                other => other,
+            },
+            None => Ok(()),
+        }
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> SysResult<()> {
+        let file = self.handles.file(fh).ok_or(Errno::EBADF)?;
+        sys::fallocate(file.as_fd(), mode, offset, len)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> SysResult<i64> {
+        let file = self.handles.file(fh).ok_or(Errno::EBADF)?;
+        sys::lseek(file.as_fd(), offset, whence)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> SysResult<usize> {
+        let src = self.handles.file(fh_in).ok_or(Errno::EBADF)?;
+        let dst = self.handles.file(fh_out).ok_or(Errno::EBADF)?;
+        sys::copy_range(src.as_fd(), off_in, dst.as_fd(), off_out, len)
+    }
+
+    pub fn setxattr(&self, id: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
+        self.writable()?;
+        if is_private_xattr(name.as_bytes()) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let node = self.node(id)?;
+        self.copy_up(&node)?;
+        self.with_place(&node, |p| match p {
+            super::Place::Dir(fd) => sys::set_xattr(fd, None, name, value, flags),
+            super::Place::Entry(dir, n) => sys::set_xattr(dir, Some(n), name, value, flags),
+        })
+    }
+
+    pub fn removexattr(&self, id: u64, name: &OsStr) -> SysResult<()> {
+        self.writable()?;
+        if is_private_xattr(name.as_bytes()) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let node = self.node(id)?;
+        // Nothing to copy up for an attribute that is not there.
+        self.getxattr(id, name)?;
+        self.copy_up(&node)?;
+        self.with_place(&node, |p| match p {
+            super::Place::Dir(fd) => sys::remove_xattr(fd, None, name),
+            super::Place::Entry(dir, n) => sys::remove_xattr(dir, Some(n), name),
+        })
+    }
+
+    /// Copies `id` up and stops giving its lower origin's inode number to new lookups, so
+    /// the kernel sees a new inode: used when a lower file held open read-only under
+    /// passthrough is opened for writing (the kernel allows one backing file per inode).
+    pub fn split_for_write(&self, id: u64) -> SysResult<()> {
+        self.writable()?;
+        let node = self.node(id)?;
+        self.copy_up(&node)?;
+        self.split.insert(id);
+        Ok(())
+    }
+}
+
+/// What the upper directory holds at a name about to be created.
+enum Slot {
+    Empty,
+    OverlayWhiteout,
+    OciWhiteout,
+    Taken,
+}
+
+fn upper_slot(upper: BorrowedFd<'_>, name: &OsStr) -> SysResult<Slot> {
+    match sys::stat_at(upper, name) {
+        Ok(st) => {
+            let kind = crate::layer::stack::kind_of(&st)?;
+            if whiteout::is_whiteout_device(kind, st.st_rdev) {
+                Ok(Slot::OverlayWhiteout)
+            } else {
+                Ok(Slot::Taken)
+            }
+        }
+        Err(Errno::ENOENT) => {
+            let wh = whiteout::whiteout_name(name.as_bytes());
+            match sys::stat_at(upper, OsStr::from_bytes(&wh)) {
+                Ok(_) => Ok(Slot::OciWhiteout),
+                Err(Errno::ENOENT) | Err(Errno::ENAMETOOLONG) => Ok(Slot::Empty),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
