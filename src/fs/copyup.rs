@@ -57,6 +57,12 @@ impl UnionFs {
     /// Ensures `node` has an instance in the upper layer, copying it and any missing
     /// parent directories up.
     pub(super) fn copy_up(&self, node: &Arc<Node>) -> SysResult<()> {
+        self.copy_up_with(node, true)
+    }
+
+    /// [`Self::copy_up`]; without `data` a regular file is copied empty, for an open with
+    /// `O_TRUNC` that would discard the data anyway.
+    pub(super) fn copy_up_with(&self, node: &Arc<Node>, data: bool) -> SysResult<()> {
         let parent = {
             let st = node.state.read();
             if st.layer == 0 {
@@ -74,6 +80,10 @@ impl UnionFs {
         let src_dir = pst.dir_in(st.layer).ok_or(Errno::ESTALE)?;
         let stat = sys::stat_at(src_dir, &st.name)?;
         let parent_times = sys::stat_at(upper_parent, OsStr::new("."))?;
+        let mut stat = stat;
+        if !data {
+            stat.st_size = 0;
+        }
         self.copy_one(src_dir, &st.name, &stat, upper_parent, &st.name)?;
         restore_times(upper_parent, None, &parent_times);
         if st.kind.is_dir() {

@@ -202,7 +202,7 @@ impl UnionFs {
         if node.state.read().kind.is_dir() {
             return Err(Errno::EISDIR);
         }
-        self.copy_up(&node)?;
+        self.copy_up_with(&node, flags & libc::O_TRUNC == 0)?;
         self.open_upper(&node, flags)
     }
 

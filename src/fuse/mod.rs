@@ -219,6 +219,8 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ASYNC_DIO,
+            // O_TRUNC reaches open, so a copy-up for it can skip the data.
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
         ];
         for flag in wanted {
             if caps.contains(flag) {
