@@ -89,6 +89,9 @@ impl UnionFs {
         if st.kind.is_dir() {
             let fd = sys::open_dir_at(upper_parent, &st.name)?;
             st.dirs.insert(0, (0, fd));
+        } else {
+            let up = sys::stat_at(upper_parent, &st.name)?;
+            self.copied.insert((up.st_dev, up.st_ino), node.id);
         }
         st.layer = 0;
         Ok(())

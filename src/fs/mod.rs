@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use dashmap::DashSet;
+use dashmap::DashMap;
 
 use crate::layer::merge::merge_listings;
 use crate::layer::resolve::{Probe, Resolver, Step};
@@ -62,8 +62,10 @@ pub struct UnionFs {
     work: Option<OwnedFd>,
     whiteout: WhiteoutFormat,
     temp_counter: AtomicU64,
-    /// Ids whose upper copy must show as a new inode (see `split_for_write`).
-    split: DashSet<u64>,
+    /// The ids of files copied up during this mount, by the upper copy's (device, inode):
+    /// a copied-up file keeps the number it had in the lower layer, whatever names it is
+    /// reached by later (renames, hard links).
+    copied: DashMap<(u64, u64), u64>,
     /// Bumped when a directory tree is copied up, which leaves the cached layer
     /// instances of nodes inside it out of date; nodes of an older generation are
     /// resolved again before use.
@@ -127,7 +129,7 @@ impl UnionFs {
             work,
             whiteout,
             temp_counter: AtomicU64::new(0),
-            split: DashSet::new(),
+            copied: DashMap::new(),
             tree_gen: AtomicU64::new(0),
         })
     }
@@ -282,9 +284,20 @@ impl UnionFs {
         dirs.retain(|(l, _)| res.merged.contains(l));
         let stat_of = |l: usize| stats.iter().find(|(sl, _)| *sl == l).map(|(_, s)| s);
         let st = stat_of(layer).ok_or(Errno::EIO)?;
-        let id = match res.origin.and_then(stat_of) {
-            Some(ost) if !self.is_split(self.id_of(ost)) => self.id_of(ost),
-            _ => self.id_of(st),
+        let id = if kind.is_dir() {
+            // A merged directory shows the inode number of the lower directory it was
+            // copied up from, so it is the same before and after a copy-up.
+            match res.origin.and_then(stat_of) {
+                Some(ost) => self.id_of(ost),
+                None => self.id_of(st),
+            }
+        } else if layer == 0 {
+            match self.copied.get(&(st.st_dev, st.st_ino)) {
+                Some(id) => *id,
+                None => self.id_of(st),
+            }
+        } else {
+            self.id_of(st)
         };
         Ok(Some(Found {
             layer,
@@ -295,10 +308,6 @@ impl UnionFs {
         }))
     }
 
-    fn is_split(&self, id: u64) -> bool {
-        !self.split.is_empty() && self.split.contains(&id)
-    }
-
     /// The merged-view id of the backing file `st`.
     pub(super) fn id_of(&self, st: &Stat) -> u64 {
         self.nodes
@@ -306,9 +315,7 @@ impl UnionFs {
     }
 
     pub fn forget(&self, id: u64, n: u64) {
-        if self.nodes.forget(id, n) {
-            self.split.remove(&id);
-        }
+        self.nodes.forget(id, n);
     }
 
     /// Attributes of a node; through the open handle `fh` when given, so that a file

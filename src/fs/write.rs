@@ -377,7 +377,20 @@ impl UnionFs {
         if need_whiteout && self.whiteout == WhiteoutFormat::Overlay {
             rflags |= sys::RENAME_WHITEOUT;
         }
-        let renamed = sys::rename_at(up, name, unp, newname, rflags);
+        // A directory cannot replace the whiteout device at the target: swap them, and
+        // the whiteout lands on the source name, where it is needed or removed.
+        let dir_onto_whiteout =
+            src_is_dir && !exchange && matches!(upper_slot(unp, newname)?, Slot::OverlayWhiteout);
+        if dir_onto_whiteout {
+            rflags = sys::RENAME_EXCHANGE;
+        }
+        let renamed = sys::rename_at(up, name, unp, newname, rflags).and_then(|()| {
+            if dir_onto_whiteout && !need_whiteout {
+                sys::unlink_at(up, name, false)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = renamed {
             if let Some(tmp) = &aside {
                 let _ = sys::rename_at(work, tmp, unp, newname, 0);
@@ -387,7 +400,7 @@ impl UnionFs {
         if let Some(tmp) = aside {
             remove_tree(work, &tmp)?;
         }
-        if need_whiteout && self.whiteout == WhiteoutFormat::Oci {
+        if need_whiteout && self.whiteout == WhiteoutFormat::Oci && !dir_onto_whiteout {
             self.make_whiteout(up, name, false)?;
         }
         if !exchange && self.whiteout == WhiteoutFormat::Oci {
@@ -585,14 +598,15 @@ impl UnionFs {
         })
     }
 
-    /// Copies `id` up and stops giving its lower origin's inode number to new lookups, so
-    /// the kernel sees a new inode: used when a lower file held open read-only under
-    /// passthrough is opened for writing (the kernel allows one backing file per inode).
+    /// Copies `id` up and shows the copy as a new inode from now on: used when a lower
+    /// file held open read-only under passthrough is opened for writing (the kernel allows
+    /// one backing file per inode).
     pub fn split_for_write(&self, id: u64) -> SysResult<()> {
         self.writable()?;
         let node = self.node(id)?;
         self.copy_up(&node)?;
-        self.split.insert(id);
+        let st = self.stat_node(&node)?.st;
+        self.copied.remove(&(st.st_dev, st.st_ino));
         Ok(())
     }
 }

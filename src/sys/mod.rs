@@ -168,8 +168,9 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirEntry>> {
     Ok(out)
 }
 
-/// The path through which the `l*xattr` calls reach `name` inside `dir` without following
-/// a symlink at `name` (the magic link resolves to the directory itself).
+/// The path through which the xattr calls reach `name` inside `dir` (with the `l*` calls,
+/// which do not follow a symlink at `name`), or `dir` itself (with the following calls: the
+/// magic link leads to the directory).
 fn xattr_path(dir: BorrowedFd<'_>, name: Option<&OsStr>) -> SysResult<CString> {
     let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
     if let Some(name) = name {
@@ -188,11 +189,18 @@ pub fn get_xattr(
 ) -> SysResult<Option<Vec<u8>>> {
     let path = xattr_path(dir, name)?;
     let attr = cstr(attr)?;
+    // For the directory itself the magic link must be followed (it leads to the directory);
+    // for a name inside it the name must not be.
+    let get = if name.is_some() {
+        libc::lgetxattr
+    } else {
+        libc::getxattr
+    };
     let mut buf = vec![0u8; 256];
     loop {
         // SAFETY: buf is writable for its whole length; path and attr are C strings.
         let n = unsafe {
-            libc::lgetxattr(
+            get(
                 path.as_ptr(),
                 attr.as_ptr(),
                 buf.as_mut_ptr().cast(),
@@ -208,7 +216,7 @@ pub fn get_xattr(
             Err(Errno::ERANGE) => {
                 // SAFETY: a size query with a null buffer.
                 let need = check_size(unsafe {
-                    libc::lgetxattr(path.as_ptr(), attr.as_ptr(), std::ptr::null_mut(), 0)
+                    get(path.as_ptr(), attr.as_ptr(), std::ptr::null_mut(), 0)
                 })?;
                 buf.resize(need.max(buf.len() * 2), 0);
             }
@@ -221,10 +229,15 @@ pub fn get_xattr(
 /// kernel returns them.
 pub fn list_xattr(dir: BorrowedFd<'_>, name: Option<&OsStr>) -> SysResult<Vec<u8>> {
     let path = xattr_path(dir, name)?;
+    let list = if name.is_some() {
+        libc::llistxattr
+    } else {
+        libc::listxattr
+    };
     let mut buf = vec![0u8; 1024];
     loop {
         // SAFETY: buf is writable for its whole length.
-        let n = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unsafe { list(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         match check_size(n) {
             Ok(n) => {
                 buf.truncate(n);
@@ -232,9 +245,7 @@ pub fn list_xattr(dir: BorrowedFd<'_>, name: Option<&OsStr>) -> SysResult<Vec<u8
             }
             Err(Errno::ERANGE) => {
                 // SAFETY: a size query with a null buffer.
-                let need = check_size(unsafe {
-                    libc::llistxattr(path.as_ptr(), std::ptr::null_mut(), 0)
-                })?;
+                let need = check_size(unsafe { list(path.as_ptr(), std::ptr::null_mut(), 0) })?;
                 buf.resize(need.max(buf.len() * 2), 0);
             }
             Err(e) => return Err(e),
@@ -492,9 +503,14 @@ pub fn set_xattr(
     flags: i32,
 ) -> SysResult<()> {
     let (p, a) = (xattr_path(dir, name)?, cstr(attr)?);
+    let set = if name.is_some() {
+        libc::lsetxattr
+    } else {
+        libc::setxattr
+    };
     // SAFETY: C strings and a readable value buffer.
     check(unsafe {
-        libc::lsetxattr(
+        set(
             p.as_ptr(),
             a.as_ptr(),
             value.as_ptr().cast(),
@@ -508,8 +524,13 @@ pub fn set_xattr(
 /// Removes xattr `attr` from `name` in `dir` (or from `dir`), not following symlinks.
 pub fn remove_xattr(dir: BorrowedFd<'_>, name: Option<&OsStr>, attr: &OsStr) -> SysResult<()> {
     let (p, a) = (xattr_path(dir, name)?, cstr(attr)?);
+    let remove = if name.is_some() {
+        libc::lremovexattr
+    } else {
+        libc::removexattr
+    };
     // SAFETY: C strings.
-    check(unsafe { libc::lremovexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
+    check(unsafe { remove(p.as_ptr(), a.as_ptr()) }).map(drop)
 }
 
 /// `ftruncate(fd, size)`.
