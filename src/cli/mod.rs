@@ -38,9 +38,11 @@ enum Command {
 const SUBCOMMANDS: &[&str] = &["mount", "umount", "help"];
 
 fn init_logging(verbose: u8) {
+    // fuser warns that its own unmount failed after the kernel already unmounted (the
+    // normal way a mount ends): not worth a line below -vv.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,fuser::session=error",
+        1 => "info,fuser::session=error",
         _ => "debug",
     };
     let env = env_logger::Env::default().default_filter_or(default);
