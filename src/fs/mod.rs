@@ -419,13 +419,27 @@ impl UnionFs {
             kind: FileKind::Directory,
             ino: parent_id,
         });
+        let upper_dev = self.stack.upper().map(|u| self.stack.layer(u).dev);
         for e in merged {
-            let (layer, ino) = e.origin.unwrap_or((e.layer, e.ino));
-            let dev = self.stack.dev_index(self.stack.layer(layer).dev);
+            // The same numbers as lookup gives (see `find`).
+            let (layer, ino) = match e.origin {
+                Some(origin) if e.kind.is_dir() => origin,
+                _ => (e.layer, e.ino),
+            };
+            let copied = match upper_dev {
+                Some(dev) if layer == 0 && !e.kind.is_dir() => {
+                    self.copied.get(&(dev, ino)).map(|id| *id)
+                }
+                _ => None,
+            };
+            let ino = copied.unwrap_or_else(|| {
+                let dev = self.stack.dev_index(self.stack.layer(layer).dev);
+                self.nodes.id_for(dev, ino)
+            });
             out.push(DirItem {
                 name: e.name,
                 kind: e.kind,
-                ino: self.nodes.id_for(dev, ino),
+                ino,
             });
         }
         Ok(out)
