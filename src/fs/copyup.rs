@@ -11,6 +11,7 @@
 //! - the upper parent's timestamps are restored afterwards, as overlayfs does, so a copy-up
 //!   is invisible in the merged view.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -24,6 +25,10 @@ use crate::layer::merge::merge_listings;
 use crate::layer::stack::kind_of;
 use crate::layer::whiteout::{self, EntryClass, OPAQUE_MARKER};
 use crate::sys::{self, Errno, SetTime, Stat, SysResult};
+
+/// Files with several links copied during one tree copy-up, by lower (device, inode):
+/// the upper directory and name of the first copy.
+type CopiedLinks = HashMap<(u64, u64), (OwnedFd, OsString)>;
 
 /// How this mount writes whiteouts and opaque markers into the upper layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,7 +189,7 @@ impl UnionFs {
         let upper = st.dirs[0].1.try_clone().map_err(|_| Errno::EMFILE)?;
         let dirs: Vec<(usize, BorrowedFd<'_>)> =
             st.dirs.iter().map(|(l, fd)| (*l, fd.as_fd())).collect();
-        self.copy_children(&dirs, upper.as_fd())?;
+        self.copy_children(&dirs, upper.as_fd(), &mut HashMap::new())?;
         self.set_opaque(upper.as_fd())?;
         st.dirs.truncate(1);
         // Nodes below now have stale layer instances.
@@ -198,6 +203,7 @@ impl UnionFs {
         &self,
         dirs: &[(usize, BorrowedFd<'_>)],
         upper: BorrowedFd<'_>,
+        links: &mut CopiedLinks,
     ) -> SysResult<()> {
         let upper_times = sys::stat_fd(upper)?;
         let mut listings = Vec::with_capacity(dirs.len());
@@ -221,7 +227,20 @@ impl UnionFs {
                 .ok_or(Errno::EIO)?;
             if e.layer != 0 {
                 let stat = sys::stat_at(src, &e.name)?;
-                self.copy_one(src, &e.name, &stat, upper, &e.name)?;
+                let key = (stat.st_dev, stat.st_ino);
+                match links.get(&key) {
+                    // Another name of a file already copied in this tree: link to the copy.
+                    Some((dir, first)) if !e.kind.is_dir() => {
+                        sys::link_at(dir.as_fd(), first, upper, &e.name)?
+                    }
+                    _ => {
+                        self.copy_one(src, &e.name, &stat, upper, &e.name)?;
+                        if !e.kind.is_dir() && stat.st_nlink > 1 {
+                            let dir = upper.try_clone_to_owned().map_err(|_| Errno::EMFILE)?;
+                            links.insert(key, (dir, e.name.clone()));
+                        }
+                    }
+                }
             }
             if e.kind.is_dir() {
                 // The child's own merged layers: every parent layer that holds it as a
@@ -247,7 +266,7 @@ impl UnionFs {
                 let borrowed: Vec<(usize, BorrowedFd<'_>)> =
                     child_dirs.iter().map(|(l, fd)| (*l, fd.as_fd())).collect();
                 if borrowed.len() > 1 {
-                    self.copy_children(&borrowed, upper_child.as_fd())?;
+                    self.copy_children(&borrowed, upper_child.as_fd(), links)?;
                 }
             }
         }

@@ -13,7 +13,7 @@
 //! - a directory node holds one open fd per merged layer directory, top-down; other nodes
 //!   hold only the layer index of the entry, found again by name in the parent's fd.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,9 +43,65 @@ pub struct NodeState {
     pub dirs: Vec<(usize, OwnedFd)>,
     /// The tree generation this state was resolved in (see `UnionFs::fresh`).
     pub generation: u64,
+    /// Other names of a hard-linked file that the kernel knows, so the file stays
+    /// reachable when the name above is removed.
+    pub aliases: Vec<(Arc<Node>, OsString)>,
+}
+
+/// How many other names of one file are remembered.
+const MAX_ALIASES: usize = 8;
+
+fn same_place(a: &Arc<Node>, an: &OsStr, b: &Arc<Node>, bn: &OsStr) -> bool {
+    Arc::ptr_eq(a, b) && an == bn
 }
 
 impl NodeState {
+    /// Makes (`parent`, `name`) the name the node is reached by, remembering the previous
+    /// one as an alias (a hard link).
+    pub fn set_primary(&mut self, parent: Arc<Node>, name: OsString) {
+        if let Some(old) = &self.parent {
+            if same_place(old, &self.name, &parent, &name) {
+                return;
+            }
+            if !self.kind.is_dir() {
+                let old = (old.clone(), std::mem::take(&mut self.name));
+                self.aliases.push(old);
+            }
+        }
+        self.aliases
+            .retain(|(p, n)| !same_place(p, n, &parent, &name));
+        if self.aliases.len() > MAX_ALIASES {
+            self.aliases.remove(0);
+        }
+        self.parent = Some(parent);
+        self.name = name;
+    }
+
+    /// Records that (`parent`, `name`) no longer names the node; another known name takes
+    /// its place.
+    pub fn forget_name(&mut self, parent: &Arc<Node>, name: &OsStr) {
+        self.aliases
+            .retain(|(p, n)| !same_place(p, n, parent, name));
+        let is_primary = self
+            .parent
+            .as_ref()
+            .is_some_and(|p| same_place(p, &self.name, parent, name));
+        if is_primary && let Some((p, n)) = self.aliases.pop() {
+            self.parent = Some(p);
+            self.name = n;
+        }
+    }
+
+    /// Records another name of the node.
+    pub fn add_alias(&mut self, parent: Arc<Node>, name: OsString) {
+        self.aliases
+            .retain(|(p, n)| !same_place(p, n, &parent, &name));
+        self.aliases.push((parent, name));
+        if self.aliases.len() > MAX_ALIASES {
+            self.aliases.remove(0);
+        }
+    }
+
     /// The open directory of this (directory) node in `layer`, if merged from there.
     pub fn dir_in(&self, layer: usize) -> Option<BorrowedFd<'_>> {
         self.dirs
@@ -107,7 +163,13 @@ impl NodeTable {
                 // lower inode (a hard link) is looked up: the link stays a link.
                 let keep_upper = cur.layer == 0 && state.layer != 0 && !cur.kind.is_dir();
                 if id != ROOT_ID && !keep_upper {
-                    *cur = state;
+                    cur.kind = state.kind;
+                    cur.layer = state.layer;
+                    cur.dirs = state.dirs;
+                    cur.generation = state.generation;
+                    if let Some(p) = state.parent {
+                        cur.set_primary(p, state.name);
+                    }
                 }
                 drop(cur);
                 node
@@ -179,6 +241,7 @@ mod tests {
             layer: 0,
             dirs: Vec::new(),
             generation: 0,
+            aliases: Vec::new(),
         }
     }
 
@@ -194,6 +257,27 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(t.id_for(0, 1), a);
         assert_eq!(t.id_for(0, u64::MAX), b);
+    }
+
+    #[test]
+    fn a_hard_linked_file_stays_reachable_when_a_name_goes() {
+        let dir = Arc::new(Node::new(2, state()));
+        let mut st = state();
+        st.parent = Some(dir.clone());
+        st.name = "t".into();
+        st.add_alias(dir.clone(), "f".into());
+        // Removing the name it is reached by promotes the other one.
+        st.forget_name(&dir, OsStr::new("t"));
+        assert_eq!(st.name, "f");
+        assert!(st.aliases.is_empty());
+        // Looking it up under a new name keeps the old one as an alias, once.
+        st.set_primary(dir.clone(), "g".into());
+        st.set_primary(dir.clone(), "g".into());
+        assert_eq!(st.name, "g");
+        assert_eq!(st.aliases.len(), 1);
+        st.forget_name(&dir, OsStr::new("f"));
+        assert_eq!(st.name, "g");
+        assert!(st.aliases.is_empty());
     }
 
     #[test]

@@ -121,6 +121,7 @@ impl UnionFs {
             layer: 0,
             dirs,
             generation: 0,
+            aliases: Vec::new(),
         });
         Ok(UnionFs {
             stack,
@@ -248,6 +249,7 @@ impl UnionFs {
                 layer,
                 dirs: found.dirs,
                 generation: self.generation(),
+                aliases: Vec::new(),
             },
         );
         if node.state.read().layer != layer {

@@ -85,11 +85,10 @@ impl UnionFs {
         match self.nodes.get(f.id) {
             Some(n) => {
                 let mut st = n.state.write();
-                st.parent = Some(parent.clone());
-                st.name = name.to_os_string();
                 st.layer = f.layer;
                 st.kind = f.kind;
                 st.dirs = f.dirs;
+                st.set_primary(parent.clone(), name.to_os_string());
                 drop(st);
                 n
             }
@@ -102,6 +101,7 @@ impl UnionFs {
                     layer: f.layer,
                     dirs: f.dirs,
                     generation: self.generation(),
+                    aliases: Vec::new(),
                 },
             )),
         }
@@ -282,6 +282,9 @@ impl UnionFs {
             (true, false) => sys::unlink_at(upper, name, false)?,
             (false, _) => self.make_whiteout(upper, name, false)?,
         }
+        if let Some(n) = self.nodes.get(found.id) {
+            n.state.write().forget_name(&parent_node, name);
+        }
         super::copyup::restore_times(upper, None, &parent_st);
         let _ = sys::utimens_at(upper, None, SetTime::Now, SetTime::Now);
         Ok(())
@@ -413,18 +416,27 @@ impl UnionFs {
         }
         drop(npst);
         drop(pst);
-        self.moved(&src_node, &npnode, newname);
-        if exchange && let Some(d) = &dst_node {
-            self.moved(d, &pnode, name);
+        self.moved(&src_node, (&pnode, name), &npnode, newname);
+        match &dst_node {
+            Some(d) if exchange => self.moved(d, (&npnode, newname), &pnode, name),
+            // The replaced target loses this name.
+            Some(d) if d.id != src_node.id => d.state.write().forget_name(&npnode, newname),
+            _ => {}
         }
         Ok(())
     }
 
     /// Records that `node` now lives at `name` in `parent`, in the upper layer.
-    fn moved(&self, node: &Arc<Node>, parent: &Arc<Node>, name: &OsStr) {
+    fn moved(
+        &self,
+        node: &Arc<Node>,
+        from: (&Arc<Node>, &OsStr),
+        parent: &Arc<Node>,
+        name: &OsStr,
+    ) {
         let mut st = node.state.write();
-        st.parent = Some(parent.clone());
-        st.name = name.to_os_string();
+        st.forget_name(from.0, from.1);
+        st.set_primary(parent.clone(), name.to_os_string());
         st.layer = 0;
         st.generation = self.generation();
     }
@@ -473,6 +485,9 @@ impl UnionFs {
                 Slot::Taken => return Err(Errno::EEXIST),
             }
         }
+        node.state
+            .write()
+            .add_alias(np.clone(), newname.to_os_string());
         // The new name is the same inode: answer with the node's own id.
         let mut attr = self.stat_node(&node)?;
         attr.ino = node.id;
