@@ -94,7 +94,10 @@ impl UnionFs {
         if st.kind.is_dir() {
             let fd = sys::open_dir_at(upper_parent, &st.name)?;
             st.dirs.insert(0, (0, fd));
-        } else {
+        } else if stat.st_nlink <= 1 {
+            // The copy keeps the lower file's number. Not for a file with several links:
+            // its other names still show the lower file under that number, so the copy
+            // becomes a new inode (as on overlayfs without `index`).
             let up = sys::stat_at(upper_parent, &st.name)?;
             self.copied.insert((up.st_dev, up.st_ino), node.id);
         }

@@ -1,5 +1,6 @@
 //! Open file and directory handles, keyed by the `fh` the kernel passes back.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,10 +20,23 @@ pub struct DirHandle {
     pub listing: Mutex<Option<Arc<Vec<DirItem>>>>,
 }
 
+/// An open regular file.
+#[derive(Debug)]
+pub struct OpenFile {
+    pub file: Arc<File>,
+    /// An upper-layer instance, which may be changed through its handle.
+    pub upper: bool,
+    /// For a lower instance: the name it was opened by, whose current attributes `fstat`
+    /// shows (after a copy-up, those of the copy, as on overlayfs).
+    pub place: Option<(Arc<Node>, OsString)>,
+    /// The node it was opened on.
+    pub ino: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct HandleTable {
     next: AtomicU64,
-    files: DashMap<u64, Arc<File>>,
+    files: DashMap<u64, OpenFile>,
     dirs: DashMap<u64, Arc<DirHandle>>,
 }
 
@@ -31,18 +45,39 @@ impl HandleTable {
         self.next.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn add_file(&self, file: Arc<File>) -> u64 {
+    pub fn add_file(&self, open: OpenFile) -> u64 {
         let fh = self.next_fh();
-        self.files.insert(fh, file);
+        self.files.insert(fh, open);
         fh
     }
 
     pub fn file(&self, fh: u64) -> Option<Arc<File>> {
-        self.files.get(&fh).map(|f| f.clone())
+        self.files.get(&fh).map(|f| f.file.clone())
     }
 
-    pub fn remove_file(&self, fh: u64) -> Option<Arc<File>> {
-        self.files.remove(&fh).map(|(_, f)| f)
+    /// The open file `fh` if it is an upper-layer instance.
+    pub fn upper_file(&self, fh: u64) -> Option<Arc<File>> {
+        self.files
+            .get(&fh)
+            .filter(|f| f.upper)
+            .map(|f| f.file.clone())
+    }
+
+    /// Any open file of node `ino` (a scan: only for files that lost every name).
+    pub fn file_of(&self, ino: u64) -> Option<Arc<File>> {
+        self.files
+            .iter()
+            .find(|f| f.ino == ino)
+            .map(|f| f.file.clone())
+    }
+
+    /// The name a lower-layer file `fh` was opened by.
+    pub fn place(&self, fh: u64) -> Option<(Arc<Node>, OsString)> {
+        self.files.get(&fh).and_then(|f| f.place.clone())
+    }
+
+    pub fn remove_file(&self, fh: u64) {
+        self.files.remove(&fh);
     }
 
     pub fn add_dir(&self, node: Arc<Node>) -> u64 {

@@ -46,6 +46,8 @@ pub struct NodeState {
     /// Other names of a hard-linked file that the kernel knows, so the file stays
     /// reachable when the name above is removed.
     pub aliases: Vec<(Arc<Node>, OsString)>,
+    /// No known name is left: only open handles reach the file.
+    pub unlinked: bool,
 }
 
 /// How many other names of one file are remembered.
@@ -59,6 +61,7 @@ impl NodeState {
     /// Makes (`parent`, `name`) the name the node is reached by, remembering the previous
     /// one as an alias (a hard link).
     pub fn set_primary(&mut self, parent: Arc<Node>, name: OsString) {
+        self.unlinked = false;
         if let Some(old) = &self.parent {
             if same_place(old, &self.name, &parent, &name) {
                 return;
@@ -86,9 +89,14 @@ impl NodeState {
             .parent
             .as_ref()
             .is_some_and(|p| same_place(p, &self.name, parent, name));
-        if is_primary && let Some((p, n)) = self.aliases.pop() {
-            self.parent = Some(p);
-            self.name = n;
+        if is_primary {
+            match self.aliases.pop() {
+                Some((p, n)) => {
+                    self.parent = Some(p);
+                    self.name = n;
+                }
+                None => self.unlinked = true,
+            }
         }
     }
 
@@ -159,10 +167,7 @@ impl NodeTable {
             dashmap::mapref::entry::Entry::Occupied(o) => {
                 let node = o.get().clone();
                 let mut cur = node.state.write();
-                // A copied-up file keeps its upper instance when another name of the same
-                // lower inode (a hard link) is looked up: the link stays a link.
-                let keep_upper = cur.layer == 0 && state.layer != 0 && !cur.kind.is_dir();
-                if id != ROOT_ID && !keep_upper {
+                if id != ROOT_ID {
                     cur.kind = state.kind;
                     cur.layer = state.layer;
                     cur.dirs = state.dirs;
@@ -182,13 +187,6 @@ impl NodeTable {
         };
         node.lookups.fetch_add(1, Ordering::Relaxed);
         node
-    }
-
-    /// Counts one more kernel reference to a live node (a new hard link to it).
-    pub fn lookup_existing(&self, id: u64) {
-        if let Some(n) = self.nodes.get(&id) {
-            n.lookups.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     /// Drops `n` kernel references to `id`; the node leaves the table at zero (and this
@@ -242,6 +240,7 @@ mod tests {
             dirs: Vec::new(),
             generation: 0,
             aliases: Vec::new(),
+            unlinked: false,
         }
     }
 

@@ -33,6 +33,9 @@ use inode::{Node, NodeState, NodeTable, ROOT_ID};
 pub struct Attr {
     pub ino: u64,
     pub st: Stat,
+    /// The kernel must not cache this entry: a lower file with several links, whose
+    /// names part ways when one of them is copied up (see docs/write-path.md).
+    pub volatile: bool,
 }
 
 /// One entry of a merged directory listing.
@@ -122,6 +125,7 @@ impl UnionFs {
             dirs,
             generation: 0,
             aliases: Vec::new(),
+            unlinked: false,
         });
         Ok(UnionFs {
             stack,
@@ -209,16 +213,43 @@ impl UnionFs {
     }
 
     pub(super) fn stat_node(&self, node: &Node) -> SysResult<Attr> {
+        if node.state.read().unlinked {
+            // Removed while open: what the open file says.
+            let file = self.handles.file_of(node.id).ok_or(Errno::ENOENT)?;
+            let st = sys::stat_fd(file.as_fd())?;
+            return Ok(Attr {
+                ino: node.id,
+                st,
+                volatile: false,
+            });
+        }
         let mut st = self.with_place(node, |p| match p {
             Place::Dir(fd) => sys::stat_fd(fd),
             Place::Entry(dir, name) => sys::stat_at(dir, name),
         })?;
         // As overlayfs: a directory merged from several layers has no meaningful link
         // count, and reports 1.
-        if node.state.read().dirs.len() > 1 {
-            st.st_nlink = 1;
-        }
-        Ok(Attr { ino: node.id, st })
+        let layer = {
+            let ns = node.state.read();
+            if ns.dirs.len() > 1 {
+                st.st_nlink = 1;
+            }
+            ns.layer
+        };
+        Ok(Attr {
+            ino: node.id,
+            st,
+            volatile: self.is_volatile(layer, &st),
+        })
+    }
+
+    /// Whether names of this object may start to mean different files: a lower regular
+    /// file with several links, on a writable stack.
+    fn is_volatile(&self, layer: usize, st: &Stat) -> bool {
+        !self.read_only()
+            && layer != 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_nlink > 1
     }
 
     /// Looks `name` up in the directory `parent`, top-down through its merged layers,
@@ -239,6 +270,7 @@ impl UnionFs {
         let attr = Attr {
             ino: id,
             st: found.stat,
+            volatile: self.is_volatile(layer, &found.stat),
         };
         let node = self.nodes.lookup(
             id,
@@ -250,6 +282,7 @@ impl UnionFs {
                 dirs: found.dirs,
                 generation: self.generation(),
                 aliases: Vec::new(),
+                unlinked: false,
             },
         );
         if node.state.read().layer != layer {
@@ -323,11 +356,26 @@ impl UnionFs {
     /// Attributes of a node; through the open handle `fh` when given, so that a file
     /// unlinked while open still answers.
     pub fn getattr(&self, id: u64, fh: Option<u64>) -> SysResult<Attr> {
-        if let Some(file) = fh.and_then(|fh| self.handles.file(fh)) {
-            return Ok(Attr {
-                ino: id,
-                st: sys::stat_fd(file.as_fd())?,
-            });
+        if let Some(fh) = fh {
+            if let Some((parent, name)) = self.handles.place(fh) {
+                self.fresh(&parent)?;
+                let found = self.find(&parent.state.read(), &name)?;
+                if let Some(f) = found.filter(|f| !f.kind.is_dir()) {
+                    return Ok(Attr {
+                        ino: id,
+                        st: f.stat,
+                        volatile: false,
+                    });
+                }
+            }
+            if let Some(file) = self.handles.file(fh) {
+                let st = sys::stat_fd(file.as_fd())?;
+                return Ok(Attr {
+                    ino: id,
+                    st,
+                    volatile: false,
+                });
+            }
         }
         let node = self.node(id)?;
         self.stat_node(&node)
@@ -358,7 +406,16 @@ impl UnionFs {
             Place::Dir(_) => Err(Errno::EISDIR),
         })?;
         let file = Arc::new(File::from(fd));
-        let fh = self.handles.add_file(file.clone());
+        let place = {
+            let st = node.state.read();
+            st.parent.clone().map(|p| (p, st.name.clone()))
+        };
+        let fh = self.handles.add_file(handle::OpenFile {
+            file: file.clone(),
+            upper: false,
+            place,
+            ino: node.id,
+        });
         Ok(OpenedFile {
             fh,
             file,

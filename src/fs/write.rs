@@ -14,6 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::copyup::{WhiteoutFormat, remove_tree};
+use super::handle::OpenFile;
 use super::inode::{Node, NodeState};
 use super::{Attr, Found, OpenedFile, UnionFs};
 use crate::layer::FileKind;
@@ -102,6 +103,7 @@ impl UnionFs {
                     dirs: f.dirs,
                     generation: self.generation(),
                     aliases: Vec::new(),
+                    unlinked: false,
                 },
             )),
         }
@@ -225,7 +227,12 @@ impl UnionFs {
             sys::truncate_fd(fd.as_fd(), 0)?;
         }
         let file = Arc::new(std::fs::File::from(fd));
-        let fh = self.handles.add_file(file.clone());
+        let fh = self.handles.add_file(OpenFile {
+            file: file.clone(),
+            upper: true,
+            place: None,
+            ino: node.id,
+        });
         Ok(OpenedFile {
             fh,
             file,
@@ -364,17 +371,21 @@ impl UnionFs {
         let (pt, npt) = (sys::stat_fd(up)?, sys::stat_fd(unp)?);
         let work = self.work()?;
         let mut aside = None;
-        if !exchange {
-            if let Some((0, FileKind::Directory)) = dst_info {
-                // The target directory may hold whiteouts; it must be empty on disk.
-                let tmp = self.temp_name();
-                sys::rename_at(unp, newname, work, &tmp, 0)?;
-                aside = Some(tmp);
-            }
-            if src_is_dir && self.lower_has(npst.as_deref().unwrap_or(&pst), newname)? {
-                let fd = sys::open_dir_at(up, name)?;
-                self.set_opaque(fd.as_fd())?;
-            }
+        if !exchange && let Some((0, FileKind::Directory)) = dst_info {
+            // The target directory may hold whiteouts; it must be empty on disk.
+            let tmp = self.temp_name();
+            sys::rename_at(unp, newname, work, &tmp, 0)?;
+            aside = Some(tmp);
+        }
+        // A directory moved onto a name a lower layer holds must hide what is below there.
+        if src_is_dir && self.lower_has(npst.as_deref().unwrap_or(&pst), newname)? {
+            let fd = sys::open_dir_at(up, name)?;
+            self.set_opaque(fd.as_fd())?;
+        }
+        let dst_is_dir = dst_info.is_some_and(|(_, k)| k.is_dir());
+        if exchange && dst_is_dir && self.lower_has(&pst, name)? {
+            let fd = sys::open_dir_at(unp, newname)?;
+            self.set_opaque(fd.as_fd())?;
         }
         let mut rflags = flags & (sys::RENAME_EXCHANGE);
         if need_whiteout && self.whiteout == WhiteoutFormat::Overlay {
@@ -488,16 +499,27 @@ impl UnionFs {
         node.state
             .write()
             .add_alias(np.clone(), newname.to_os_string());
-        // The new name is the same inode: answer with the node's own id.
-        let mut attr = self.stat_node(&node)?;
-        attr.ino = node.id;
-        self.nodes.lookup_existing(node.id);
-        Ok(attr)
+        // Answer as a lookup of the new name would: every name of the file gets the
+        // same number (the node's, unless the copy-up made the file a new inode).
+        self.lookup(newparent, newname)
     }
 
     /// Changes attributes, copying up first.
     pub fn setattr(&self, id: u64, set: SetAttr) -> SysResult<Attr> {
         self.writable()?;
+        // Through an open upper file: that file, whatever its names mean by now.
+        if let Some(file) = set.fh.and_then(|fh| self.handles.upper_file(fh)) {
+            let fd = file.as_fd();
+            if let Some(size) = set.size {
+                sys::truncate_fd(fd, size)?;
+            }
+            apply_meta(fd, None, &set)?;
+            return Ok(Attr {
+                ino: id,
+                st: sys::stat_fd(fd)?,
+                volatile: false,
+            });
+        }
         let node = self.node(id)?;
         self.copy_up(&node)?;
         if let Some(size) = set.size {
@@ -515,26 +537,9 @@ impl UnionFs {
                 }
             }
         }
-        self.with_place(&node, |p| {
-            let (dir, name) = match p {
-                super::Place::Dir(fd) => (fd, None),
-                super::Place::Entry(dir, name) => (dir, Some(name)),
-            };
-            if set.uid.is_some() || set.gid.is_some() {
-                sys::chown_at(dir, name, set.uid, set.gid)?;
-            }
-            if let Some(mode) = set.mode {
-                sys::chmod_at(dir, name, mode & 0o7777)?;
-            }
-            if set.atime.is_some() || set.mtime.is_some() {
-                sys::utimens_at(
-                    dir,
-                    name,
-                    set.atime.unwrap_or(SetTime::Omit),
-                    set.mtime.unwrap_or(SetTime::Omit),
-                )?;
-            }
-            Ok(())
+        self.with_place(&node, |p| match p {
+            super::Place::Dir(fd) => apply_meta(fd, None, &set),
+            super::Place::Entry(dir, name) => apply_meta(dir, Some(name), &set),
         })?;
         self.stat_node(&node)
     }
@@ -624,6 +629,24 @@ impl UnionFs {
         self.copied.remove(&(st.st_dev, st.st_ino));
         Ok(())
     }
+}
+
+/// Owner, mode and times of `set` onto `name` in `dir` (or `dir` itself).
+fn apply_meta(dir: BorrowedFd<'_>, name: Option<&OsStr>, set: &SetAttr) -> SysResult<()> {
+    if set.uid.is_some() || set.gid.is_some() {
+        sys::chown_at(dir, name, set.uid, set.gid)?;
+    }
+    if let Some(mode) = set.mode {
+        sys::chmod_at(dir, name, mode & 0o7777)?;
+    }
+    if set.atime.is_some() || set.mtime.is_some() {
+        let (a, m) = (
+            set.atime.unwrap_or(SetTime::Omit),
+            set.mtime.unwrap_or(SetTime::Omit),
+        );
+        sys::utimens_at(dir, name, a, m)?;
+    }
+    Ok(())
 }
 
 /// What the upper directory holds at a name about to be created.

@@ -105,8 +105,17 @@ impl FuseAdapter {
 
     fn reply_entry(&self, r: sys::SysResult<Attr>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&self.cache.ttl, &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl(&a), &self.attr(&a), Generation(0)),
             Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// How long the kernel may cache `a`.
+    fn ttl(&self, a: &Attr) -> Duration {
+        if a.volatile {
+            Duration::ZERO
+        } else {
+            self.cache.ttl
         }
     }
 
@@ -248,10 +257,11 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.cache.ttl, &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl(&a), &self.attr(&a), Generation(0)),
             Err(sys::Errno::ENOENT) => {
                 // A negative entry: the kernel remembers the name is absent for the TTL.
                 let neg = to_file_attr(&Attr {
+                    volatile: false,
                     ino: 0,
                     st: sys::zeroed_stat(),
                 });
@@ -267,7 +277,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.cache.ttl, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.ttl(&a), &self.attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -415,7 +425,13 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(self.fs.link(ino.0, newparent.0, newname), reply);
+        let r = self.fs.link(ino.0, newparent.0, newname);
+        debug!(
+            "link ino={} as {newname:?}: {:?}",
+            ino.0,
+            r.as_ref().map(|a| a.ino)
+        );
+        self.reply_entry(r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
