@@ -277,6 +277,29 @@ fn copy_up_keeps_metadata_sparseness_and_leaves_no_temporaries() {
     );
 }
 
+/// Without passthrough the daemon serves reads, and a reader follows the file to its
+/// upper copy, as on overlayfs since Linux 4.19.
+#[test]
+fn without_passthrough_a_reader_follows_the_copy_up() {
+    let s = stack();
+    fs::write(s.lower.join("f"), "before\n").unwrap();
+    let _m = s.mount(&["-o", "nopassthrough"]);
+    let mut reader = fs::File::open(s.m("f")).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(s.m("f"))
+        .unwrap()
+        .write_all(b"after\n")
+        .unwrap();
+    let mut got = String::new();
+    reader.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "before\nafter\n");
+    assert_eq!(fs::read_to_string(s.lower.join("f")).unwrap(), "before\n", "lower changed");
+}
+
+/// With passthrough (root, the default) the kernel reads the lower file directly and
+/// cannot be switched to the copy: the reader keeps a consistent view of the data it
+/// opened (see docs/write-path.md).
 #[test]
 fn a_reader_keeps_the_lower_data_across_copy_up() {
     let s = stack();

@@ -71,6 +71,19 @@ impl HandleTable {
             .map(|f| f.file.clone())
     }
 
+    /// The node of `fh` if it is a lower-layer instance.
+    pub fn lower_ino(&self, fh: u64) -> Option<u64> {
+        self.files.get(&fh).filter(|f| !f.upper && f.place.is_some()).map(|f| f.ino)
+    }
+
+    /// Points the lower-layer handle `fh` at the upper copy of its file (read-only).
+    pub fn switch_to_upper(&self, fh: u64, file: Arc<File>) {
+        if let Some(mut f) = self.files.get_mut(&fh) {
+            f.file = file;
+            f.place = None;
+        }
+    }
+
     /// The name a lower-layer file `fh` was opened by.
     pub fn place(&self, fh: u64) -> Option<(Arc<Node>, OsString)> {
         self.files.get(&fh).and_then(|f| f.place.clone())

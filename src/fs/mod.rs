@@ -423,12 +423,38 @@ impl UnionFs {
         })
     }
 
+    /// Reads through the daemon (no passthrough). A file opened read-only in a lower
+    /// layer and copied up since reads the copy from then on, as on overlayfs.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
-        let file = self.handles.file(fh).ok_or(Errno::EBADF)?;
+        let file = match self.handles.lower_ino(fh) {
+            Some(ino) => self.follow_copy_up(fh, ino)?,
+            None => self.handles.file(fh).ok_or(Errno::EBADF)?,
+        };
         let mut buf = vec![0u8; size as usize];
         let n = sys::pread_full(file.as_fd(), &mut buf, offset)?;
         buf.truncate(n);
         Ok(buf)
+    }
+
+    /// The file to read for the lower-layer handle `fh` of node `ino`: the upper copy once
+    /// there is one (the handle is switched to it).
+    fn follow_copy_up(&self, fh: u64, ino: u64) -> SysResult<Arc<File>> {
+        let copied = self.nodes.get(ino).filter(|n| {
+            let st = n.state.read();
+            st.layer == 0 && !st.unlinked
+        });
+        if let Some(node) = copied {
+            let fd = self.with_place(&node, |p| match p {
+                Place::Entry(dir, name) => sys::open_at(dir, name, libc::O_RDONLY, 0),
+                Place::Dir(_) => Err(Errno::EISDIR),
+            });
+            if let Ok(fd) = fd {
+                let file = Arc::new(File::from(fd));
+                self.handles.switch_to_upper(fh, file.clone());
+                return Ok(file);
+            }
+        }
+        self.handles.file(fh).ok_or(Errno::EBADF)
     }
 
     pub fn release(&self, fh: u64) {
