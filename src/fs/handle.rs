@@ -73,7 +73,10 @@ impl HandleTable {
 
     /// The node of `fh` if it is a lower-layer instance.
     pub fn lower_ino(&self, fh: u64) -> Option<u64> {
-        self.files.get(&fh).filter(|f| !f.upper && f.place.is_some()).map(|f| f.ino)
+        self.files
+            .get(&fh)
+            .filter(|f| !f.upper && f.place.is_some())
+            .map(|f| f.ino)
     }
 
     /// Points the lower-layer handle `fh` at the upper copy of its file (read-only).
