@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod fs;
 pub mod fuse;
+pub mod image;
 pub mod layer;
 pub mod mount;
 pub mod sys;
