@@ -90,6 +90,7 @@ impl UnionFs {
             stat.st_size = 0;
         }
         self.copy_one(src_dir, &st.name, &stat, upper_parent, &st.name)?;
+        self.indexes.drop_dir(parent.id);
         restore_times(upper_parent, None, &parent_times);
         if st.kind.is_dir() {
             let fd = sys::open_dir_at(upper_parent, &st.name)?;

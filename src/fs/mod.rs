@@ -4,6 +4,7 @@
 
 mod copyup;
 pub mod handle;
+mod index;
 pub mod inode;
 mod write;
 
@@ -73,6 +74,8 @@ pub struct UnionFs {
     /// instances of nodes inside it out of date; nodes of an older generation are
     /// resolved again before use.
     tree_gen: AtomicU64,
+    /// Merged listings of recently listed directories, for lookups right after a readdir.
+    indexes: index::IndexCache,
 }
 
 /// A name as found in the merged view by a fresh probe.
@@ -136,6 +139,7 @@ impl UnionFs {
             temp_counter: AtomicU64::new(0),
             copied: DashMap::new(),
             tree_gen: AtomicU64::new(0),
+            indexes: index::IndexCache::default(),
         })
     }
 
@@ -264,7 +268,8 @@ impl UnionFs {
             if !pst.kind.is_dir() {
                 return Err(Errno::ENOTDIR);
             }
-            self.find(&pst, name)?.ok_or(Errno::ENOENT)?
+            self.find_indexed(&parent, &pst, name)?
+                .ok_or(Errno::ENOENT)?
         };
         let (id, layer) = (found.id, found.layer);
         let attr = Attr {
@@ -289,6 +294,50 @@ impl UnionFs {
             return self.stat_node(&node);
         }
         Ok(attr)
+    }
+
+    /// The id of a non-directory found in `layer`: a file copied up during this mount keeps
+    /// its lower number.
+    fn file_id(&self, layer: usize, st: &Stat) -> u64 {
+        if layer == 0
+            && let Some(id) = self.copied.get(&(st.st_dev, st.st_ino))
+        {
+            return *id;
+        }
+        self.id_of(st)
+    }
+
+    /// [`Self::find`], answered from the directory's cached merged listing where one is at
+    /// hand (after a readdir): an absent name costs no syscall, a file one `fstatat`.
+    /// Directories are always probed, for their merged layers.
+    fn find_indexed(
+        &self,
+        parent: &Node,
+        pst: &NodeState,
+        name: &OsStr,
+    ) -> SysResult<Option<Found>> {
+        if let Some(index) = self.indexes.get(parent.id, self.generation()) {
+            match index.get(name) {
+                None => return Ok(None),
+                Some(&(layer, kind)) if !kind.is_dir() => {
+                    if let Some(fd) = pst.dir_in(layer)
+                        && let Ok(st) = sys::stat_at(fd, name)
+                        && FileKind::from_mode(st.st_mode) == Some(kind)
+                    {
+                        let id = self.file_id(layer, &st);
+                        return Ok(Some(Found {
+                            layer,
+                            kind,
+                            dirs: Vec::new(),
+                            id,
+                            stat: st,
+                        }));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        self.find(pst, name)
     }
 
     /// Probes `name` in the directory state `pst` without touching the node table.
@@ -326,13 +375,8 @@ impl UnionFs {
                 Some(ost) => self.id_of(ost),
                 None => self.id_of(st),
             }
-        } else if layer == 0 {
-            match self.copied.get(&(st.st_dev, st.st_ino)) {
-                Some(id) => *id,
-                None => self.id_of(st),
-            }
         } else {
-            self.id_of(st)
+            self.file_id(layer, st)
         };
         Ok(Some(Found {
             layer,
@@ -493,6 +537,14 @@ impl UnionFs {
         }
         let parent_id = st.parent.as_ref().map(|p| p.id).unwrap_or(ROOT_ID);
         let merged = merge_listings(&listings, self.stack.upper());
+        self.indexes.put(
+            node.id,
+            self.generation(),
+            merged
+                .iter()
+                .map(|e| (e.name.clone(), (e.layer, e.kind)))
+                .collect(),
+        );
         let mut out = Vec::with_capacity(merged.len() + 2);
         out.push(DirItem {
             name: ".".into(),

@@ -131,6 +131,7 @@ impl UnionFs {
             }
         }
         self.copy_up(&parent_node)?;
+        self.indexes.drop_dir(parent_node.id);
         let pst = parent_node.state.read();
         let upper = pst.dir_in(0).ok_or(Errno::EIO)?;
         let parent_st = sys::stat_fd(upper)?;
@@ -272,6 +273,7 @@ impl UnionFs {
             return Err(Errno::ENOTEMPTY);
         }
         self.copy_up(&parent_node)?;
+        self.indexes.drop_dir(parent_node.id);
         let pst = parent_node.state.read();
         let upper = pst.dir_in(0).ok_or(Errno::EIO)?;
         let parent_st = sys::stat_fd(upper)?;
@@ -355,6 +357,8 @@ impl UnionFs {
         }
         self.copy_up(&pnode)?;
         self.copy_up(&npnode)?;
+        self.indexes.drop_dir(pnode.id);
+        self.indexes.drop_dir(npnode.id);
         let pst = pnode.state.read();
         let up = pst.dir_in(0).ok_or(Errno::EIO)?;
         let need_whiteout = !exchange && self.lower_has(&pst, name)?;
@@ -466,6 +470,7 @@ impl UnionFs {
         }
         self.copy_up(&node)?;
         self.copy_up(&np)?;
+        self.indexes.drop_dir(np.id);
         {
             let st = node.state.read();
             let parent = st.parent.as_ref().ok_or(Errno::ESTALE)?;

@@ -1,0 +1,74 @@
+//! A small cache of merged directory listings, so that the lookups that follow a readdir
+//! (`ls -l`, `find`, `du`: list, then stat every name) are answered without probing every
+//! layer for every name.
+//!
+//! Invariants: an entry describes the directory as it was at the tree generation it was
+//! built in; the write path drops a directory's entry whenever it changes the directory
+//! (lower layers never change), and a tree copy-up moves to a new generation, which
+//! retires every entry. The cache holds a bounded number of directories.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::layer::FileKind;
+
+/// Visible names of one merged directory: the layer shown and the type.
+pub type DirIndex = HashMap<OsString, (usize, FileKind)>;
+
+/// How many directories are kept: enough for a depth-first walk's working set.
+const CAPACITY: usize = 64;
+
+#[derive(Debug, Default)]
+pub struct IndexCache {
+    entries: Mutex<VecDeque<(u64, u64, Arc<DirIndex>)>>,
+}
+
+impl IndexCache {
+    /// The index of directory `id`, if cached in generation `generation`.
+    pub fn get(&self, id: u64, generation: u64) -> Option<Arc<DirIndex>> {
+        let entries = self.entries.lock();
+        entries
+            .iter()
+            .find(|(i, g, _)| *i == id && *g == generation)
+            .map(|(_, _, idx)| idx.clone())
+    }
+
+    pub fn put(&self, id: u64, generation: u64, index: DirIndex) {
+        let mut entries = self.entries.lock();
+        entries.retain(|(i, _, _)| *i != id);
+        if entries.len() >= CAPACITY {
+            entries.pop_front();
+        }
+        entries.push_back((id, generation, Arc::new(index)));
+    }
+
+    /// Forgets directory `id` (it changed).
+    pub fn drop_dir(&self, id: u64) {
+        self.entries.lock().retain(|(i, _, _)| *i != id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_generational() {
+        let c = IndexCache::default();
+        let mut idx = DirIndex::new();
+        idx.insert("a".into(), (1, FileKind::Regular));
+        c.put(7, 0, idx.clone());
+        assert!(c.get(7, 0).is_some());
+        assert!(c.get(7, 1).is_none(), "another generation");
+        c.drop_dir(7);
+        assert!(c.get(7, 0).is_none());
+        for i in 0..(CAPACITY as u64 + 5) {
+            c.put(i, 0, idx.clone());
+        }
+        assert!(c.get(0, 0).is_none(), "oldest evicted");
+        assert!(c.get(CAPACITY as u64 + 4, 0).is_some());
+    }
+}
