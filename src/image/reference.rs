@@ -361,12 +361,7 @@ mod tests {
                 None,
                 "Registry.Example/app:latest",
             ),
-            (
-                "a.b_c__d-e--f",
-                "a.b_c__d-e--f",
-                None,
-                "a.b_c__d-e--f:latest",
-            ),
+            ("a.b_c-d--e", "a.b_c-d--e", None, "a.b_c-d--e:latest"),
             (
                 "docker.io/library/alpine:3",
                 "alpine",
@@ -417,6 +412,7 @@ mod tests {
             ("-host.example/a", "registry host"),
             (HEX, "image id"),
             ("a---b", "OCI ref.name"),
+            ("a__b", "OCI ref.name"),
             ("base:a..b", "OCI ref.name"),
             ("base:_x", "OCI ref.name"), // docker-valid, but ":_" is two separators
             ("base:a__b", "OCI ref.name"),

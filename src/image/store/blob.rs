@@ -29,7 +29,7 @@ pub fn sha256_digest(bytes: &[u8]) -> Digest {
 
 /// Turns an io error back into the [`ImageError`] it carries (a digest mismatch found
 /// inside a `Read`), or wraps it with the operation and path.
-pub(super) fn unwrap_io(op: &'static str, path: &Path, e: io::Error) -> ImageError {
+pub(crate) fn unwrap_io(op: &'static str, path: &Path, e: io::Error) -> ImageError {
     if e.get_ref().is_some_and(|inner| inner.is::<ImageError>()) {
         match e.into_inner().map(|inner| inner.downcast::<ImageError>()) {
             Some(Ok(image_error)) => return *image_error,

@@ -211,7 +211,14 @@ impl Store {
         for layer in &image.layers {
             let dir = self.ensure_layer_extracted(&layer.diff_id, |tmp| {
                 let mut tar = self.open_layer(layer)?;
-                extract(&mut tar, tmp)?;
+                if let Err(e) = extract(&mut tar, tmp) {
+                    // A tar reader hides the cause of a failed read; if it was a corrupt
+                    // blob or layer, say that instead.
+                    return match tar.finish() {
+                        Err(mismatch @ ImageError::DigestMismatch { .. }) => Err(mismatch),
+                        _ => Err(e),
+                    };
+                }
                 tar.finish()
             })?;
             dirs.push(dir);
