@@ -126,7 +126,7 @@ fn is_manifest(d: &Descriptor) -> bool {
 
 /// Splits a stored ref.name into repository and tag. A name written by another tool that
 /// is not `name:tag` is shown whole as the repository.
-pub(super) fn split_ref_name(r: &str) -> (String, Option<String>) {
+pub fn split_ref_name(r: &str) -> (String, Option<String>) {
     match Reference::parse(r) {
         Ok(p) if p.tag().is_some() && p.digest().is_none() => {
             (p.name().to_string(), p.tag().map(str::to_string))

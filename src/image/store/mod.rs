@@ -52,7 +52,7 @@ use crate::sys::lock::{FileLock, LockKind};
 
 pub use blob::{BlobReader, Verify, sha256_digest};
 pub use containers::ContainerRecord;
-pub use index::{Image, ImageId, ImageSummary, Layer};
+pub use index::{Image, ImageId, ImageSummary, Layer, split_ref_name};
 pub use layers::LayerReader;
 pub use remove::{GcReport, RemoveReport};
 pub use verify::VerifyReport;
