@@ -28,7 +28,7 @@ const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gz
 const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
 enum Decoder {
-    Plain(BlobReader),
+    Plain(Box<BlobReader>),
     Gzip(Box<MultiGzDecoder<BlobReader>>),
 }
 
@@ -108,11 +108,13 @@ impl Store {
             MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
                 Decoder::Gzip(Box::new(MultiGzDecoder::new(blob)))
             }
-            MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Decoder::Plain(blob),
+            MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => {
+                Decoder::Plain(Box::new(blob))
+            }
             MediaType::Other(t) if t == DOCKER_LAYER_GZIP => {
                 Decoder::Gzip(Box::new(MultiGzDecoder::new(blob)))
             }
-            MediaType::Other(t) if t == DOCKER_LAYER_TAR => Decoder::Plain(blob),
+            MediaType::Other(t) if t == DOCKER_LAYER_TAR => Decoder::Plain(Box::new(blob)),
             other => {
                 return Err(ImageError::Invalid(format!(
                     "layer {}: media type {other} is not supported (tar or tar+gzip)",

@@ -114,6 +114,8 @@ impl Store {
             root: root.to_path_buf(),
         };
         if !store.is_complete() {
+            // Before the lock file is created in a directory that is not ours.
+            store.check_not_foreign()?;
             let _lock = store.lock(LockKind::Exclusive)?;
             if !store.is_complete() {
                 store.create_layout()?;
@@ -136,8 +138,9 @@ impl Store {
             && self.root.join("blobs/sha256").is_dir()
     }
 
-    /// Writes the skeleton: directories, then index.json, then `oci-layout` as the marker.
-    fn create_layout(&self) -> ImageResult<()> {
+    /// Refuses a directory without `oci-layout` that holds anything but what a store
+    /// being created would (so `--root ~` cannot scatter a store among a user's files).
+    fn check_not_foreign(&self) -> ImageResult<()> {
         let ours = [
             "lock",
             "ingest.lock",
@@ -147,20 +150,26 @@ impl Store {
             "containers",
             "index.json",
         ];
-        let has_layout = self.root.join("oci-layout").is_file();
-        if !has_layout {
-            let entries =
-                fs::read_dir(&self.root).map_err(ImageError::io("read store", &self.root))?;
-            for e in entries {
-                let e = e.map_err(ImageError::io("read store", &self.root))?;
-                if !ours.iter().any(|o| e.file_name() == *o) {
-                    return Err(ImageError::Invalid(format!(
-                        "{} is not an image store (no oci-layout) and is not empty",
-                        self.root.display()
-                    )));
-                }
+        if self.root.join("oci-layout").is_file() {
+            return Ok(());
+        }
+        let entries = fs::read_dir(&self.root).map_err(ImageError::io("read store", &self.root))?;
+        for e in entries {
+            let e = e.map_err(ImageError::io("read store", &self.root))?;
+            if !ours.iter().any(|o| e.file_name() == *o) {
+                return Err(ImageError::Invalid(format!(
+                    "{} is not an image store (no oci-layout) and is not empty",
+                    self.root.display()
+                )));
             }
         }
+        Ok(())
+    }
+
+    /// Writes the skeleton: directories, then index.json, then `oci-layout` as the marker.
+    fn create_layout(&self) -> ImageResult<()> {
+        self.check_not_foreign()?;
+        let has_layout = self.root.join("oci-layout").is_file();
         mkdir(&self.root.join("tmp"), 0o700)?;
         mkdir(&self.root.join("blobs"), 0o755)?;
         mkdir(&self.root.join("blobs/sha256"), 0o755)?;
