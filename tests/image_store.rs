@@ -377,7 +377,7 @@ fn rmi_untags_refuses_while_used_and_collects_garbage() {
 
     // A container uses app: refused; -f untags it but keeps it.
     f.store
-        .write_container_record(&ContainerRecord {
+        .create_container_record(&ContainerRecord {
             name: "web".into(),
             image: f.app.to_string(),
             created: None,
@@ -408,7 +408,7 @@ fn rmi_untags_refuses_while_used_and_collects_garbage() {
     assert!(dirs[0].is_dir());
 
     // The container gone, app goes by id, and everything with it.
-    fs::remove_dir_all(f.store.container_dir("web").unwrap()).unwrap();
+    f.store.remove_container_record("web").unwrap();
     let out = ok(ufsd(&f.root, &["rmi", &f.app.hex()[..6]]));
     assert_eq!(out, format!("Deleted: {}\n", f.app));
     assert_eq!(

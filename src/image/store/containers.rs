@@ -11,10 +11,12 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 
+use oci_spec::image::ImageManifest;
 use serde::{Deserialize, Serialize};
 
 use super::{ImageId, Store, canonical_json, mkdir};
 use crate::image::{ImageError, ImageResult};
+use crate::sys::lock::LockKind;
 
 /// What `containers/<name>/container.json` holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,13 +51,44 @@ impl Store {
         Ok(self.root.join("containers").join(name))
     }
 
-    /// Writes (or replaces) a container record, creating the container's directory.
-    pub fn write_container_record(&self, record: &ContainerRecord) -> ImageResult<PathBuf> {
+    /// Records a new container of an image, under the index lock, so that no `rmi` can
+    /// delete the image between the check and the record. Refuses an existing name and an
+    /// image id that is not in the store. Returns the record's path.
+    pub fn create_container_record(&self, record: &ContainerRecord) -> ImageResult<PathBuf> {
         let dir = self.container_dir(&record.name)?;
-        mkdir(&dir, 0o700)?;
+        let _lock = self.lock(LockKind::Exclusive)?;
+        let index = self.load_index()?;
+        let known = index.manifests().iter().any(|d| {
+            self.read_json::<ImageManifest>(d)
+                .is_ok_and(|m| m.config().digest().to_string() == record.image)
+        });
+        if !known {
+            return Err(ImageError::NoSuchImage(record.image.clone()));
+        }
         let path = dir.join("container.json");
+        if path.exists() {
+            return Err(ImageError::Conflict(format!(
+                "a container named {} exists ({})",
+                record.name,
+                path.display()
+            )));
+        }
+        mkdir(&dir, 0o700)?;
         self.write_atomic(&path, &canonical_json(record)?)?;
         Ok(path)
+    }
+
+    /// Removes a container's record and directory; its image may then be removed.
+    pub fn remove_container_record(&self, name: &str) -> ImageResult<()> {
+        let dir = self.container_dir(name)?;
+        let _lock = self.lock(LockKind::Exclusive)?;
+        let path = dir.join("container.json");
+        if !path.exists() {
+            return Err(ImageError::Invalid(format!("no such container: {name}")));
+        }
+        // The record goes first: a container without one pins nothing.
+        std::fs::remove_file(&path).map_err(ImageError::io("remove", &path))?;
+        super::remove::remove_tree(&dir)
     }
 
     /// Every container record. A record that cannot be read is an error naming it: the

@@ -286,7 +286,7 @@ fn removal_follows_the_rules_and_collects_garbage() {
 
     // A container uses the child: refused; with -f untagged but kept.
     store
-        .write_container_record(&ContainerRecord {
+        .create_container_record(&ContainerRecord {
             name: "web".into(),
             image: child.to_string(),
             created: None,
@@ -308,7 +308,7 @@ fn removal_follows_the_rules_and_collects_garbage() {
     assert!(store.has_blob(base_layer.0.digest()));
 
     // With the container gone, the child goes, and every blob with it.
-    fs::remove_dir_all(store.container_dir("web").unwrap()).unwrap();
+    store.remove_container_record("web").unwrap();
     store.remove_image(child.short(), false).unwrap();
     assert_eq!(blob_count(&store), 0);
     assert!(store.list().unwrap().is_empty());
@@ -451,4 +451,68 @@ fn verify_reports_corrupt_missing_and_leftovers() {
         )]
     );
     assert_eq!(r.leftovers, vec![d.path().join("tmp/blob-1-2-3")]);
+}
+
+#[test]
+fn container_records_need_a_known_image_and_a_new_name() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path()).unwrap();
+    let id = add(&store, vec![layer(&store, &[("a", b"1")])], "base");
+    let rec = |name: &str, image: String| ContainerRecord {
+        name: name.into(),
+        image,
+        created: None,
+    };
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let e = store
+        .create_container_record(&rec("c1", unknown))
+        .unwrap_err();
+    assert!(matches!(e, ImageError::NoSuchImage(_)), "{e}");
+    let path = store
+        .create_container_record(&rec("c1", id.to_string()))
+        .unwrap();
+    assert_eq!(path, d.path().join("containers/c1/container.json"));
+    let e = store
+        .create_container_record(&rec("c1", id.to_string()))
+        .unwrap_err();
+    assert!(e.to_string().contains("exists"), "{e}");
+    let e = store
+        .create_container_record(&rec("../x", id.to_string()))
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid container name"), "{e}");
+    assert_eq!(store.image_in_use(&id).unwrap(), vec!["c1".to_string()]);
+    store.remove_container_record("c1").unwrap();
+    assert!(store.image_in_use(&id).unwrap().is_empty());
+    assert!(!d.path().join("containers/c1").exists());
+}
+
+#[test]
+fn an_ambiguous_id_prefix_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path()).unwrap();
+    let l = layer(&store, &[("a", b"1")]);
+    // Find two configs whose ids share their first 4 hex digits (a birthday search).
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let with_diff_ids = |n: usize| {
+        let mut c = config(&[("n", &n.to_string())]);
+        c.rootfs_mut().set_diff_ids(vec![l.1.to_string()]);
+        c
+    };
+    let (a, b) = (0..100_000)
+        .find_map(|n| {
+            let id = sha256_digest(&canonical_json(&with_diff_ids(n)).unwrap());
+            let prefix = id.digest()[..4].to_string();
+            seen.insert(prefix, n).map(|m| (m, n))
+        })
+        .unwrap();
+    let ida = store
+        .add_image(with_diff_ids(a), vec![l.clone()], None)
+        .unwrap();
+    let idb = store
+        .add_image(with_diff_ids(b), vec![l.clone()], None)
+        .unwrap();
+    assert_eq!(ida.hex()[..4], idb.hex()[..4]);
+    let e = store.resolve(&ida.hex()[..4]).unwrap_err().to_string();
+    assert!(e.contains("ambiguous"), "{e}");
+    assert_eq!(store.resolve(&ida.hex()[..12]).unwrap().id, ida);
 }
