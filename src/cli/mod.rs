@@ -21,7 +21,8 @@ use crate::sys;
     name = "ufsd",
     version,
     about = "A userspace union filesystem: stack read-only layers under one writable layer",
-    after_help = "Example:\n  ufsd mount --lower /srv/layers/2:/srv/layers/1 --upper /srv/up --work /srv/work /mnt/merged\n\n\
+    after_help = "Examples:\n  ufsd mount --lower /srv/layers/2:/srv/layers/1 --upper /srv/up --work /srv/work /mnt/merged\n  \
+                  ufsd images                         # the images of the store (--root DIR or UFSD_ROOT)\n\n\
                   Also run by mount(8) as: mount -t fuse.ufsd ufsd /mnt -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w\n\
                   Logging: -v (info), -vv (debug), or RUST_LOG=ufsd=debug."
 )]

@@ -23,6 +23,7 @@ use ufsd::image::store::ContainerRecord;
 fn images_prints_an_aligned_table() {
     let f = fixture();
     let out = ok(ufsd(&f.root, &["images"]));
+    println!("{out}"); // shown with --nocapture
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     let header = lines[0];
@@ -273,6 +274,7 @@ fn rmi_force_removes_a_parent_and_an_image_with_several_tags() {
 fn history_lists_steps_newest_first() {
     let f = fixture();
     let out = ok(ufsd(&f.root, &["history", "registry.example/ns/app:v1"]));
+    println!("{out}"); // shown with --nocapture
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     for col in ["LAYER", "CREATED", "CREATED BY", "SIZE", "COMMENT"] {
@@ -447,4 +449,19 @@ fn a_directory_that_is_not_a_store_is_refused() {
     fs::write(d.path().join("notes.txt"), b"mine").unwrap();
     refused(&ufsd(d.path(), &["images"]), &["not an image store"]);
     assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn every_image_command_has_help_with_an_example() {
+    let d = tempfile::tempdir().unwrap();
+    for cmd in ["images", "tag", "rmi", "history", "inspect"] {
+        let out = ok(ufsd(d.path(), &[cmd, "--help"]));
+        assert!(
+            out.contains("Example"),
+            "{cmd} --help has no example:\n{out}"
+        );
+        assert!(out.contains(&format!("ufsd {cmd} ")), "{cmd} --help: {out}");
+    }
+    // --help creates no store.
+    assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
 }
