@@ -2,13 +2,17 @@
 //! and calls one library function; `main` turns errors into one line on stderr and a
 //! non-zero exit.
 
+mod images;
 mod mount;
+mod table;
 mod umount;
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::{Result, bail};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::sys;
 
@@ -17,7 +21,8 @@ use crate::sys;
     name = "ufsd",
     version,
     about = "A userspace union filesystem: stack read-only layers under one writable layer",
-    after_help = "Example:\n  ufsd mount --lower /srv/layers/2:/srv/layers/1 --upper /srv/up --work /srv/work /mnt/merged\n\n\
+    after_help = "Examples:\n  ufsd mount --lower /srv/layers/2:/srv/layers/1 --upper /srv/up --work /srv/work /mnt/merged\n  \
+                  ufsd images                         # the images of the store (--root DIR or UFSD_ROOT)\n\n\
                   Also run by mount(8) as: mount -t fuse.ufsd ufsd /mnt -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w\n\
                   Logging: -v (info), -vv (debug), or RUST_LOG=ufsd=debug."
 )]
@@ -25,6 +30,10 @@ struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// The image store [env: UFSD_ROOT; default /var/lib/ufsd for root, else
+    /// $XDG_DATA_HOME/ufsd or ~/.local/share/ufsd].
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,9 +42,43 @@ struct Cli {
 enum Command {
     Mount(mount::MountArgs),
     Umount(umount::UmountArgs),
+    Images(images::ImagesArgs),
+    Tag(images::TagArgs),
+    Rmi(images::RmiArgs),
+    History(images::HistoryArgs),
+    Inspect(images::InspectArgs),
 }
 
-const SUBCOMMANDS: &[&str] = &["mount", "umount", "help"];
+/// Whether `name` is one of the subcommands (or `help`).
+fn is_subcommand(name: &str) -> bool {
+    name == "help"
+        || Cli::command()
+            .get_subcommands()
+            .any(|s| s.get_name() == name)
+}
+
+/// The image store's directory: `--root`, else `UFSD_ROOT`, else `/var/lib/ufsd` for root,
+/// else `$XDG_DATA_HOME/ufsd`, else `~/.local/share/ufsd`.
+fn store_root(arg: Option<PathBuf>) -> Result<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(r) = arg.or_else(|| env("UFSD_ROOT")) {
+        return Ok(r);
+    }
+    if sys::euid() == 0 {
+        return Ok(PathBuf::from("/var/lib/ufsd"));
+    }
+    if let Some(x) = env("XDG_DATA_HOME").filter(|p| p.is_absolute()) {
+        return Ok(x.join("ufsd"));
+    }
+    match env("HOME") {
+        Some(h) => Ok(h.join(".local/share/ufsd")),
+        None => bail!("no image store: give --root DIR or set UFSD_ROOT (HOME is not set)"),
+    }
+}
 
 fn init_logging(verbose: u8) {
     // fuser warns that its own unmount failed after the kernel already unmounted (the
@@ -58,7 +101,7 @@ fn is_helper_form(args: &[OsString]) -> bool {
         None => args.len() > 1,
         Some(first) => {
             first == "-o" || first.starts_with("-o") && first.len() > 2 || {
-                !first.starts_with('-') && !SUBCOMMANDS.contains(&first)
+                !first.starts_with('-') && !is_subcommand(first)
             }
         }
     }
@@ -79,9 +122,15 @@ pub fn main() -> ExitCode {
     } else {
         let cli = Cli::parse_from(&args);
         init_logging(cli.verbose);
+        let root = || store_root(cli.root.clone());
         match cli.command {
             Command::Mount(a) => mount::run(a),
             Command::Umount(a) => umount::run(a),
+            Command::Images(a) => root().and_then(|r| images::images(&r, a)),
+            Command::Tag(a) => root().and_then(|r| images::tag(&r, a)),
+            Command::Rmi(a) => root().and_then(|r| images::rmi(&r, a)),
+            Command::History(a) => root().and_then(|r| images::history(&r, a)),
+            Command::Inspect(a) => root().and_then(|r| images::inspect(&r, a)),
         }
     };
     match result {
@@ -121,6 +170,8 @@ mod tests {
             "ufsd", "mount", "--lower", "/l", "/mnt"
         ])));
         assert!(!is_helper_form(&args(&["ufsd", "--help"])));
+        assert!(!is_helper_form(&args(&["ufsd", "images"])));
+        assert!(!is_helper_form(&args(&["ufsd", "rmi", "base"])));
         assert!(!is_helper_form(&args(&["ufsd"])));
     }
 }

@@ -1,6 +1,10 @@
 //! Images: what the upper layer changed (`diff`), OCI layer tarballs (`layer`), and the
-//! content-addressed image store (`store`). Everything here works on directories and
-//! files; nothing needs a mount.
+//! content-addressed image store (`store`) with its image names (`reference`). Everything
+//! here works on directories and files; nothing needs a mount.
+
+pub mod reference;
+pub mod rfc3339;
+pub mod store;
 
 use std::path::PathBuf;
 
@@ -17,6 +21,26 @@ pub enum ImageError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// A name the user typed that is not a valid image reference.
+    #[error("invalid reference {input:?}: {reason}")]
+    InvalidReference { input: String, reason: String },
+    /// A name, tag, digest or id that matches no image in the store.
+    #[error("no such image: {0}")]
+    NoSuchImage(String),
+    /// A blob the store refers to is absent.
+    #[error("blob {digest} is missing ({path})")]
+    MissingBlob { digest: String, path: PathBuf },
+    /// A blob (or a layer's uncompressed content) that does not hash to its digest.
+    #[error("{what} {digest} is corrupt: its content hashes to {actual} ({path})")]
+    DigestMismatch {
+        what: &'static str,
+        digest: String,
+        actual: String,
+        path: PathBuf,
+    },
+    /// A request refused because of the store's state (in use, ambiguous, ...).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl ImageError {

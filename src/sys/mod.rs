@@ -16,6 +16,7 @@ use std::path::Path;
 
 pub use nix::errno::Errno;
 
+pub mod lock;
 pub mod process;
 
 /// Result of a syscall wrapper.

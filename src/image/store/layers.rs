@@ -1,0 +1,230 @@
+//! Extracted layers: `layers/<diff_id hex>/` is the root of one layer's tree, extracted
+//! once from its blob and shared by every image that has that diff_id.
+//!
+//! A layer is extracted into a fresh directory under `tmp/`, synced with `syncfs`, and
+//! renamed into `layers/` with `RENAME_NOREPLACE`; if another command published the same
+//! layer first, ours is thrown away. So `layers/<hex>` exists only when complete. Nothing
+//! writes there afterwards: mounts use it only as a read-only lower. The modes inside,
+//! the top directory's included, are the layer's own (they are what the merged view
+//! shows), so read-only is not enforced with chmod; `layers/` itself is 0700.
+
+use std::ffi::OsStr;
+use std::fs::DirBuilder;
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+use oci_spec::image::{Digest, MediaType};
+
+use super::blob::{BlobReader, unwrap_io};
+use super::remove::remove_tree;
+use super::{Image, Layer, Store, Verify, sha256_hex, sync_dir};
+use crate::image::{ImageError, ImageResult};
+use crate::sys::{self, Errno};
+
+/// Media types of gzip-compressed layers (OCI and docker).
+const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+
+enum Decoder {
+    Plain(Box<BlobReader>),
+    Gzip(Box<MultiGzDecoder<BlobReader>>),
+}
+
+impl Read for Decoder {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Plain(r) => r.read(buf),
+            Decoder::Gzip(r) => r.read(buf),
+        }
+    }
+}
+
+/// A layer's tar stream, decompressed, checking both the blob digest and the diff_id.
+/// When a read fails (a corrupt gzip stream, say), the blob is hashed so that the error
+/// names the corrupt blob rather than the decoder's complaint.
+pub struct LayerReader {
+    inner: Verify<Decoder>,
+    blob_path: PathBuf,
+    blob_digest: Digest,
+}
+
+impl LayerReader {
+    fn better_error(&self, e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::InvalidData
+            && e.get_ref().is_some_and(|i| i.is::<ImageError>())
+        {
+            return e;
+        }
+        match Store::hash_blob_file(&self.blob_path) {
+            Ok(actual) if actual != self.blob_digest => io::Error::new(
+                io::ErrorKind::InvalidData,
+                ImageError::DigestMismatch {
+                    what: "blob",
+                    digest: self.blob_digest.to_string(),
+                    actual: actual.to_string(),
+                    path: self.blob_path.clone(),
+                },
+            ),
+            _ => e,
+        }
+    }
+
+    /// Reads what the consumer left and checks both digests.
+    pub fn finish(self) -> ImageResult<()> {
+        let path = self.blob_path.clone();
+        let digest = self.blob_digest.clone();
+        let mut me = self;
+        io::copy(&mut me, &mut io::sink()).map_err(|e| unwrap_io("read layer", &path, e))?;
+        match me.inner.finish()? {
+            Decoder::Plain(r) => r.finish().map(drop),
+            Decoder::Gzip(r) => r.into_inner().finish().map(drop),
+        }
+        .map_err(|e| match e {
+            ImageError::Io { .. } => ImageError::Invalid(format!("layer blob {digest}: {e}")),
+            other => other,
+        })
+    }
+}
+
+impl Read for LayerReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| self.better_error(e))
+    }
+}
+
+impl Store {
+    /// Where the layer with `diff_id` is (or would be) extracted.
+    pub fn layer_dir(&self, diff_id: &Digest) -> ImageResult<PathBuf> {
+        Ok(self.root.join("layers").join(sha256_hex(diff_id)?))
+    }
+
+    /// Opens a layer's tar stream: decompressed (gzip or plain, by media type) and
+    /// verified against the blob digest and the diff_id.
+    pub fn open_layer(&self, layer: &Layer) -> ImageResult<LayerReader> {
+        let blob = self.open_blob(layer.blob.digest())?;
+        let decoder = match layer.blob.media_type() {
+            MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
+                Decoder::Gzip(Box::new(MultiGzDecoder::new(blob)))
+            }
+            MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => {
+                Decoder::Plain(Box::new(blob))
+            }
+            MediaType::Other(t) if t == DOCKER_LAYER_GZIP => {
+                Decoder::Gzip(Box::new(MultiGzDecoder::new(blob)))
+            }
+            MediaType::Other(t) if t == DOCKER_LAYER_TAR => Decoder::Plain(Box::new(blob)),
+            other => {
+                return Err(ImageError::Invalid(format!(
+                    "layer {}: media type {other} is not supported (tar or tar+gzip)",
+                    layer.blob.digest()
+                )));
+            }
+        };
+        let blob_path = self.blob_path(layer.blob.digest())?;
+        Ok(LayerReader {
+            inner: Verify::new(
+                decoder,
+                layer.diff_id.clone(),
+                "layer (uncompressed)",
+                blob_path.clone(),
+            ),
+            blob_path,
+            blob_digest: layer.blob.digest().clone(),
+        })
+    }
+
+    /// The directory of the layer `diff_id`, extracting it first if it is not there yet:
+    /// `extract` fills an empty directory (mode 0755; set the layer root's own mode there
+    /// if the tar has one), which is then published atomically. Concurrent callers may
+    /// both extract; one result wins and the other is discarded.
+    pub fn ensure_layer_extracted(
+        &self,
+        diff_id: &Digest,
+        extract: impl FnOnce(&Path) -> ImageResult<()>,
+    ) -> ImageResult<PathBuf> {
+        let dest = self.layer_dir(diff_id)?;
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let _pin = self.pin()?;
+        let tmp = self.temp_path("layer");
+        DirBuilder::new()
+            .mode(0o755)
+            .create(&tmp)
+            .map_err(ImageError::io("create", &tmp))?;
+        // The umask must not decide the layer root's mode.
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .map_err(ImageError::io("chmod", &tmp))?;
+        let published = extract(&tmp).and_then(|()| {
+            sys::lock::syncfs(&tmp).map_err(ImageError::io("sync", &tmp))?;
+            self.publish_layer(&tmp, &dest)
+        });
+        match published {
+            Ok(true) => {
+                sync_dir(&self.root.join("layers"))?;
+                Ok(dest)
+            }
+            Ok(false) => {
+                remove_tree(&tmp)?;
+                Ok(dest)
+            }
+            Err(e) => {
+                let _ = remove_tree(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Renames `tmp` to `dest` unless `dest` exists; `false` if it did.
+    fn publish_layer(&self, tmp: &Path, dest: &Path) -> ImageResult<bool> {
+        let open = |p: &Path| sys::open_root(p).map_err(ImageError::io("open", p));
+        let (from_dir, to_dir) = (
+            open(&self.root.join("tmp"))?,
+            open(&self.root.join("layers"))?,
+        );
+        let name = |p: &Path| p.file_name().unwrap_or(OsStr::new("")).to_os_string();
+        match sys::rename_at(
+            std::os::fd::AsFd::as_fd(&from_dir),
+            &name(tmp),
+            std::os::fd::AsFd::as_fd(&to_dir),
+            &name(dest),
+            sys::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => Ok(true),
+            Err(Errno::EEXIST | Errno::ENOTEMPTY) => Ok(false),
+            Err(e) => Err(ImageError::io("rename into place", dest)(io::Error::from(
+                e,
+            ))),
+        }
+    }
+
+    /// Makes sure every layer of `image` is extracted and returns their directories,
+    /// bottom first (reverse it for an overlay `lowerdir`, which lists the top first).
+    /// `extract(tar, dir)` unpacks one layer's verified tar stream into an empty `dir`; the
+    /// stream is drained and both digests are checked before the layer is published.
+    pub fn ensure_image_layers(
+        &self,
+        image: &Image,
+        mut extract: impl FnMut(&mut dyn Read, &Path) -> ImageResult<()>,
+    ) -> ImageResult<Vec<PathBuf>> {
+        let mut dirs = Vec::with_capacity(image.layers.len());
+        for layer in &image.layers {
+            let dir = self.ensure_layer_extracted(&layer.diff_id, |tmp| {
+                let mut tar = self.open_layer(layer)?;
+                if let Err(e) = extract(&mut tar, tmp) {
+                    // A tar reader hides the cause of a failed read; if it was a corrupt
+                    // blob or layer, say that instead.
+                    return match tar.finish() {
+                        Err(mismatch @ ImageError::DigestMismatch { .. }) => Err(mismatch),
+                        _ => Err(e),
+                    };
+                }
+                tar.finish()
+            })?;
+            dirs.push(dir);
+        }
+        Ok(dirs)
+    }
+}
