@@ -585,10 +585,8 @@ pub fn pwrite_all(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> SysResult<usi
             Ok(0) => break,
             Ok(n) => done += n,
             Err(Errno::EINTR) => continue,
-            Err(e) if done > 0 => {
-                let _ = e;
-                break;
-            }
+            // Report what was written; the error recurs on the next call.
+            Err(_) if done > 0 => break,
             Err(e) => return Err(e),
         }
     }
