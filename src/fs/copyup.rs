@@ -242,6 +242,11 @@ impl UnionFs {
                         if !e.kind.is_dir() && stat.st_nlink > 1 {
                             let dir = upper.try_clone_to_owned().map_err(|_| Errno::EMFILE)?;
                             links.insert(key, (dir, e.name.clone()));
+                        } else if !e.kind.is_dir() {
+                            // As for a single copy-up: the copy keeps the lower number.
+                            let up = sys::stat_at(upper, &e.name)?;
+                            self.copied
+                                .insert((up.st_dev, up.st_ino), self.id_of(&stat));
                         }
                     }
                 }

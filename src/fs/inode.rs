@@ -48,13 +48,18 @@ pub struct NodeState {
     pub aliases: Vec<(Arc<Node>, OsString)>,
     /// No known name is left: only open handles reach the file.
     pub unlinked: bool,
+    /// Its attributes when its last name went, for descriptors the daemon has no handle
+    /// of (fifos and devices are opened by the kernel alone).
+    pub removed: Option<crate::sys::Stat>,
 }
 
 /// How many other names of one file are remembered.
 const MAX_ALIASES: usize = 8;
 
+/// Directories are compared by id: a directory forgotten and looked up again is a new
+/// `Node` with the same id, and still the same place.
 fn same_place(a: &Arc<Node>, an: &OsStr, b: &Arc<Node>, bn: &OsStr) -> bool {
-    Arc::ptr_eq(a, b) && an == bn
+    a.id == b.id && an == bn
 }
 
 impl NodeState {
@@ -97,6 +102,26 @@ impl NodeState {
                 }
                 None => self.unlinked = true,
             }
+        }
+    }
+
+    /// Records that the name (`from`) moved to (`parent`, `name`): the node's name if it
+    /// was that, else an alias.
+    pub fn rename_name(&mut self, from: (&Arc<Node>, &OsStr), parent: Arc<Node>, name: OsString) {
+        self.aliases
+            .retain(|(p, n)| !same_place(p, n, from.0, from.1));
+        let was_primary = self
+            .parent
+            .as_ref()
+            .is_some_and(|p| same_place(p, &self.name, from.0, from.1));
+        if was_primary || self.parent.is_none() {
+            self.aliases
+                .retain(|(p, n)| !same_place(p, n, &parent, &name));
+            self.parent = Some(parent);
+            self.name = name;
+            self.unlinked = false;
+        } else {
+            self.add_alias(parent, name);
         }
     }
 
@@ -241,6 +266,7 @@ mod tests {
             generation: 0,
             aliases: Vec::new(),
             unlinked: false,
+            removed: None,
         }
     }
 

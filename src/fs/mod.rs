@@ -129,6 +129,7 @@ impl UnionFs {
             generation: 0,
             aliases: Vec::new(),
             unlinked: false,
+            removed: None,
         });
         Ok(UnionFs {
             stack,
@@ -219,8 +220,10 @@ impl UnionFs {
     pub(super) fn stat_node(&self, node: &Node) -> SysResult<Attr> {
         if node.state.read().unlinked {
             // Removed while open: what the open file says.
-            let file = self.handles.file_of(node.id).ok_or(Errno::ENOENT)?;
-            let st = sys::stat_fd(file.as_fd())?;
+            let st = match self.handles.file_of(node.id) {
+                Some(file) => sys::stat_fd(file.as_fd())?,
+                None => node.state.read().removed.ok_or(Errno::ENOENT)?,
+            };
             return Ok(Attr {
                 ino: node.id,
                 st,
@@ -288,6 +291,7 @@ impl UnionFs {
                 generation: self.generation(),
                 aliases: Vec::new(),
                 unlinked: false,
+                removed: None,
             },
         );
         if node.state.read().layer != layer {

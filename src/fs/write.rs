@@ -104,6 +104,7 @@ impl UnionFs {
                     generation: self.generation(),
                     aliases: Vec::new(),
                     unlinked: false,
+                    removed: None,
                 },
             )),
         }
@@ -292,7 +293,14 @@ impl UnionFs {
             (false, _) => self.make_whiteout(upper, name, false)?,
         }
         if let Some(n) = self.nodes.get(found.id) {
-            n.state.write().forget_name(&parent_node, name);
+            let mut st = n.state.write();
+            st.forget_name(&parent_node, name);
+            if st.unlinked {
+                // What a descriptor the daemon does not see (a fifo, a device) answers.
+                let mut gone = found.stat;
+                gone.st_nlink = gone.st_nlink.saturating_sub(1);
+                st.removed = Some(gone);
+            }
         }
         super::copyup::restore_times(upper, None, &parent_st);
         let _ = sys::utimens_at(upper, None, SetTime::Now, SetTime::Now);
@@ -450,8 +458,7 @@ impl UnionFs {
         name: &OsStr,
     ) {
         let mut st = node.state.write();
-        st.forget_name(from.0, from.1);
-        st.set_primary(parent.clone(), name.to_os_string());
+        st.rename_name(from, parent.clone(), name.to_os_string());
         st.layer = 0;
         st.generation = self.generation();
     }
@@ -621,6 +628,13 @@ impl UnionFs {
             super::Place::Dir(fd) => sys::remove_xattr(fd, None, name),
             super::Place::Entry(dir, n) => sys::remove_xattr(dir, Some(n), name),
         })
+    }
+
+    /// Whether node `id` is a file that has an upper instance.
+    pub fn is_copied_up(&self, id: u64) -> bool {
+        self.nodes
+            .get(id)
+            .is_some_and(|n| n.state.read().layer == 0)
     }
 
     /// Copies `id` up and shows the copy as a new inode from now on: used when a lower

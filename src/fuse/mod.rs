@@ -291,12 +291,14 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        if writes && self.passthrough() && self.lower_backing_in_use(ino.0) {
-            // The kernel would refuse a second backing file for this inode. Copy up and
-            // show the copy as a new inode; ESTALE makes the kernel look the name up again
-            // and retry the open on it, while earlier readers keep the lower file.
+        let needs_upper = writes || self.fs.is_copied_up(ino.0);
+        if needs_upper && self.passthrough() && self.lower_backing_in_use(ino.0) {
+            // The kernel allows one backing file per inode, and this one is the lower file,
+            // held by earlier readers. Copy up and show the copy as a new inode; ESTALE makes
+            // the kernel look the name up again and retry the open on the new inode, while
+            // the earlier readers keep the lower file.
             debug!(
-                "open for write of ino={} while its lower file is open: split",
+                "open of ino={} needs its upper copy while its lower file is open: split",
                 ino.0
             );
             let r = self.fs.split_for_write(ino.0);
