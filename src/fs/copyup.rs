@@ -94,6 +94,8 @@ impl UnionFs {
         restore_times(upper_parent, None, &parent_times);
         if st.kind.is_dir() {
             let fd = sys::open_dir_at(upper_parent, &st.name)?;
+            let up = sys::stat_fd(fd.as_fd())?;
+            self.copied.insert((up.st_dev, up.st_ino), node.id);
             st.dirs.insert(0, (0, fd));
         } else if stat.st_nlink <= 1 {
             // The copy keeps the lower file's number. Not for a file with several links:

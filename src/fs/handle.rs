@@ -71,6 +71,14 @@ impl HandleTable {
             .map(|f| f.file.clone())
     }
 
+    /// Any open upper-layer file of node `ino` (a scan, like `file_of`).
+    pub fn upper_file_of(&self, ino: u64) -> Option<Arc<File>> {
+        self.files
+            .iter()
+            .find(|f| f.ino == ino && f.upper)
+            .map(|f| f.file.clone())
+    }
+
     /// The node of `fh` if it is a lower-layer instance.
     pub fn lower_ino(&self, fh: u64) -> Option<u64> {
         self.files

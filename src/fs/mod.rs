@@ -219,10 +219,16 @@ impl UnionFs {
 
     pub(super) fn stat_node(&self, node: &Node) -> SysResult<Attr> {
         if node.state.read().unlinked {
-            // Removed while open: what the open file says.
-            let st = match self.handles.file_of(node.id) {
-                Some(file) => sys::stat_fd(file.as_fd())?,
-                None => node.state.read().removed.ok_or(Errno::ENOENT)?,
+            // Removed while open: what an open upper file says, else what it was when its
+            // last name went (a lower descriptor would show the lower file).
+            let removed = node.state.read().removed;
+            let st = match (self.handles.upper_file_of(node.id), removed) {
+                (Some(file), _) => sys::stat_fd(file.as_fd())?,
+                (None, Some(st)) => st,
+                (None, None) => {
+                    let file = self.handles.file_of(node.id).ok_or(Errno::ENOENT)?;
+                    sys::stat_fd(file.as_fd())?
+                }
             };
             return Ok(Attr {
                 ino: node.id,
@@ -373,11 +379,14 @@ impl UnionFs {
         let stat_of = |l: usize| stats.iter().find(|(sl, _)| *sl == l).map(|(_, s)| s);
         let st = stat_of(layer).ok_or(Errno::EIO)?;
         let id = if kind.is_dir() {
-            // A merged directory shows the inode number of the lower directory it was
+            // A directory copied up during this mount keeps its number wherever it moves;
+            // otherwise a merged directory shows the number of the lower directory it was
             // copied up from, so it is the same before and after a copy-up.
-            match res.origin.and_then(stat_of) {
-                Some(ost) => self.id_of(ost),
-                None => self.id_of(st),
+            let copied = (layer == 0).then(|| self.copied.get(&(st.st_dev, st.st_ino)).map(|i| *i));
+            match (copied.flatten(), res.origin.and_then(stat_of)) {
+                (Some(id), _) => id,
+                (None, Some(ost)) => self.id_of(ost),
+                (None, None) => self.id_of(st),
             }
         } else {
             self.file_id(layer, st)

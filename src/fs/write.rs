@@ -20,7 +20,7 @@ use super::{Attr, Found, OpenedFile, UnionFs};
 use crate::layer::FileKind;
 use crate::layer::resolve::{Resolver, Step};
 use crate::layer::whiteout::{self, is_private_xattr, is_reserved_name};
-use crate::sys::{self, Errno, SetTime, SysResult};
+use crate::sys::{self, Errno, SetTime, Stat, SysResult};
 
 /// Who asks: the new object's owner.
 #[derive(Clone, Copy, Debug)]
@@ -159,9 +159,15 @@ impl UnionFs {
                 NewObject::Symlink { target } => sys::symlink_at(target, dir, n),
             }?;
             sys::chown_at(dir, Some(n), Some(caller.uid), gid)?;
-            // After chown (which clears setuid/setgid), the full requested mode.
+            // After chown (which clears setuid/setgid), the full requested mode; a new
+            // directory in a setgid directory keeps the setgid bit it inherited.
+            let inherited = if is_dir {
+                parent_st.st_mode & libc::S_ISGID
+            } else {
+                0
+            };
             if !matches!(obj, NewObject::Symlink { .. }) && mode & 0o7000 != 0 {
-                sys::chmod_at(dir, Some(n), mode & 0o7777)?;
+                sys::chmod_at(dir, Some(n), (mode & 0o7777) | inherited)?;
             }
             Ok(())
         };
@@ -293,14 +299,7 @@ impl UnionFs {
             (false, _) => self.make_whiteout(upper, name, false)?,
         }
         if let Some(n) = self.nodes.get(found.id) {
-            let mut st = n.state.write();
-            st.forget_name(&parent_node, name);
-            if st.unlinked {
-                // What a descriptor the daemon does not see (a fifo, a device) answers.
-                let mut gone = found.stat;
-                gone.st_nlink = gone.st_nlink.saturating_sub(1);
-                st.removed = Some(gone);
-            }
+            self.name_removed(&n, &parent_node, name, Some(found.stat));
         }
         super::copyup::restore_times(upper, None, &parent_st);
         let _ = sys::utimens_at(upper, None, SetTime::Now, SetTime::Now);
@@ -354,6 +353,7 @@ impl UnionFs {
         }
         let src_is_dir = src.kind.is_dir();
         let dst_info = dst.as_ref().map(|d| (d.layer, d.kind));
+        let dst_stat = dst.as_ref().map(|d| d.stat);
         let src_node = self.node_for(&pnode, name, src);
         let dst_node = dst.map(|d| self.node_for(&npnode, newname, d));
         for n in std::iter::once(&src_node).chain(dst_node.iter().filter(|_| exchange)) {
@@ -443,10 +443,23 @@ impl UnionFs {
         match &dst_node {
             Some(d) if exchange => self.moved(d, (&npnode, newname), &pnode, name),
             // The replaced target loses this name.
-            Some(d) if d.id != src_node.id => d.state.write().forget_name(&npnode, newname),
+            Some(d) if d.id != src_node.id => self.name_removed(d, &npnode, newname, dst_stat),
             _ => {}
         }
         Ok(())
+    }
+
+    /// Records that (`parent`, `name`) no longer names `node`, whose attributes were `stat`.
+    fn name_removed(&self, node: &Node, parent: &Arc<Node>, name: &OsStr, stat: Option<Stat>) {
+        let mut st = node.state.write();
+        st.forget_name(parent, name);
+        if st.unlinked
+            && let Some(mut gone) = stat
+        {
+            // What descriptors still open on it answer (see `stat_node`).
+            gone.st_nlink = gone.st_nlink.saturating_sub(1);
+            st.removed = Some(gone);
+        }
     }
 
     /// Records that `node` now lives at `name` in `parent`, in the upper layer.
