@@ -2,6 +2,7 @@
 //! and calls one library function; `main` turns errors into one line on stderr and a
 //! non-zero exit.
 
+mod diff;
 mod mount;
 mod umount;
 
@@ -33,9 +34,10 @@ struct Cli {
 enum Command {
     Mount(mount::MountArgs),
     Umount(umount::UmountArgs),
+    Diff(diff::DiffArgs),
 }
 
-const SUBCOMMANDS: &[&str] = &["mount", "umount", "help"];
+const SUBCOMMANDS: &[&str] = &["mount", "umount", "diff", "help"];
 
 fn init_logging(verbose: u8) {
     // fuser warns that its own unmount failed after the kernel already unmounted (the
@@ -82,6 +84,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Mount(a) => mount::run(a),
             Command::Umount(a) => umount::run(a),
+            Command::Diff(a) => diff::run(a),
         }
     };
     match result {
@@ -121,6 +124,7 @@ mod tests {
             "ufsd", "mount", "--lower", "/l", "/mnt"
         ])));
         assert!(!is_helper_form(&args(&["ufsd", "--help"])));
+        assert!(!is_helper_form(&args(&["ufsd", "diff", "/mnt"])));
         assert!(!is_helper_form(&args(&["ufsd"])));
     }
 }
