@@ -231,7 +231,6 @@ fn visit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ChangeKind::*;
 
     fn lower(names: &[(&str, FileKind)]) -> HashMap<OsString, FileKind> {
         names.iter().map(|(n, k)| (OsString::from(n), *k)).collect()

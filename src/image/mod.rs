@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::sys::Errno;
 
 pub mod diff;
-//LAYER
+pub mod layer;
 mod lower;
 mod upper;
 

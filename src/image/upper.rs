@@ -27,6 +27,9 @@ const REDIRECT_XATTRS: [&[u8]; 2] = [b"trusted.overlay.redirect", b"user.overlay
 /// xattrs of a metadata-only copy-up (`metacopy=on`).
 const METACOPY_XATTRS: [&[u8]; 2] = [b"trusted.overlay.metacopy", b"user.overlay.metacopy"];
 
+/// xattrs as (name, value) pairs, sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One entry of an upper layer directory.
 pub struct UpperEntry {
     pub name: OsString,
@@ -99,7 +102,7 @@ pub fn xattrs(
     dir: BorrowedFd<'_>,
     name: Option<&OsStr>,
     path: impl Fn() -> PathBuf,
-) -> ImageResult<Vec<(Vec<u8>, Vec<u8>)>> {
+) -> ImageResult<Xattrs> {
     let mut out = Vec::new();
     for attr in xattr_names(dir, name, &path)? {
         match sys::get_xattr(dir, name, OsStr::from_bytes(&attr)) {
