@@ -294,7 +294,11 @@ fn without_passthrough_a_reader_follows_the_copy_up() {
     let mut got = String::new();
     reader.read_to_string(&mut got).unwrap();
     assert_eq!(got, "before\nafter\n");
-    assert_eq!(fs::read_to_string(s.lower.join("f")).unwrap(), "before\n", "lower changed");
+    assert_eq!(
+        fs::read_to_string(s.lower.join("f")).unwrap(),
+        "before\n",
+        "lower changed"
+    );
 }
 
 /// With passthrough (root, the default) the kernel reads the lower file directly and

@@ -115,7 +115,7 @@ pub fn extract_layer(
         )));
     }
     let mut ar = tar::Archive::new(EofWatch {
-        inner: BufReader::with_capacity(1 << 18, tar),
+        inner: BufReader::with_capacity(1 << 16, tar),
         eof: false,
     });
     let mut cursor = Cursor::default();
@@ -339,15 +339,21 @@ impl Extractor<'_> {
         e: &mut tar::Entry<'_, R>,
         meta: &Meta,
     ) -> ImageResult<()> {
-        self.replace(parent, name, rel)?;
+        let create = || {
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+            sys::open_at(parent, name, flags, 0o600)
+        };
+        // Create first, and make room only when something is in the way: most names are
+        // new.
+        let fd = match create() {
+            Err(Errno::EEXIST) => {
+                self.replace(parent, name, rel)?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(|err| ImageError::sys("creating", join_rel(self.dest, rel), err))?;
         let path = || join_rel(self.dest, rel);
-        let fd = sys::open_at(
-            parent,
-            name,
-            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-            0o600,
-        )
-        .map_err(|err| ImageError::sys("creating", path(), err))?;
         let mut file = File::from(fd);
         let size = e.size();
         let mut done: u64 = 0;
@@ -375,7 +381,7 @@ impl Extractor<'_> {
         }
         self.stats.files += 1;
         self.stats.data_bytes += size;
-        fsops::apply_meta(file.as_fd(), None, meta, self.opts.privileged, false)
+        fsops::apply_file_meta(&file, meta, self.opts.privileged)
             .map_err(|(op, err)| ImageError::sys(op, path(), err))
             .map(|dropped| self.stats.xattrs_dropped += dropped)
     }

@@ -5,9 +5,11 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 
 use crate::fs::remove_tree;
 use crate::image::layer::header::XATTR_PAX_PREFIX;
@@ -220,6 +222,22 @@ pub fn apply_meta(
     }
     let dropped = apply_xattrs(dir, name, m, privileged)?;
     sys::utimens_at(dir, name, set_time(m.atime), set_time(m.mtime))
+        .map_err(|e| ("setting times of", e))?;
+    Ok(dropped)
+}
+
+/// Applies all of a regular file's metadata through its open `file` (`fchown`, `fchmod`);
+/// returns how many xattrs were not set.
+pub fn apply_file_meta(file: &File, m: &Meta, privileged: bool) -> Result<u64, StepError> {
+    let errno = |e: io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    if privileged {
+        std::os::unix::fs::fchown(file, Some(m.uid), Some(m.gid))
+            .map_err(|e| ("chown", errno(e)))?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(m.mode))
+        .map_err(|e| ("chmod", errno(e)))?;
+    let dropped = apply_xattrs(file.as_fd(), None, m, privileged)?;
+    sys::utimens_at(file.as_fd(), None, set_time(m.atime), set_time(m.mtime))
         .map_err(|e| ("setting times of", e))?;
     Ok(dropped)
 }
