@@ -183,7 +183,7 @@ fn main() {
         std::hint::black_box(diff(&big, &[]).unwrap());
     });
     println!("diff of a 100k-entry upper layer: {t:.2?}");
-    if args.first().is_none() {
+    if args.is_empty() {
         fs::remove_dir_all(&work).unwrap();
     }
 }
