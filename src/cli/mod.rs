@@ -66,6 +66,24 @@ fn is_helper_form(args: &[OsString]) -> bool {
     }
 }
 
+/// An error and its causes on one line, as `{:#}` prints them, but leaving out a cause
+/// that the message before it already ends with: errors that both show their source in
+/// their own message and expose it as `source()` would otherwise print it twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     sys::ensure_default_path();
@@ -90,7 +108,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ufsd: {e:#}");
+            eprintln!("ufsd: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -102,6 +120,21 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<OsString> {
         a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn causes_shown_in_the_message_are_not_repeated() {
+        let io = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = anyhow::Error::from(crate::image::ImageError::io("opening", "/x")(io()));
+        assert_eq!(
+            one_line(&e),
+            "opening /x: No such file or directory (os error 2)"
+        );
+        let e = anyhow::Error::new(io()).context("reading /y");
+        assert_eq!(
+            one_line(&e),
+            "reading /y: No such file or directory (os error 2)"
+        );
     }
 
     #[test]

@@ -56,11 +56,11 @@ pub struct LowerDir {
 impl LowerView {
     /// Opens every lower layer root.
     pub fn open(lowers: &[PathBuf]) -> ImageResult<LowerView> {
-        let stack = LayerStack::open(None, lowers).map_err(|source| ImageError::Io {
-            op: "opening lower layer",
-            path: lowers.first().cloned().unwrap_or_default(),
-            source,
-        })?;
+        for l in lowers {
+            sys::open_root(l).map_err(ImageError::io("opening lower layer", l))?;
+        }
+        let stack = LayerStack::open(None, lowers)
+            .map_err(|e| ImageError::Invalid(format!("opening lower layers: {e}")))?;
         Ok(LowerView {
             stack,
             paths: lowers.to_vec(),
