@@ -66,6 +66,8 @@ fn rules_fixture(dir: &Path, format: WhiteoutFormat) -> (PathBuf, Vec<PathBuf>) 
         .file(b"usr/lib/b", b"b\n", 0o644)
         .file(b"opq/x", b"x\n", 0o644)
         .file(b"opq/y", b"y\n", 0o644)
+        .file(b"opq/sub/old", b"old\n", 0o644)
+        .file(b"opq/sub/kept", b"kept\n", 0o644)
         .file(b"gone_dir/inner/f", b"f\n", 0o644)
         .file(b"gone_file", b"g\n", 0o644)
         .file(b"hidden_below", b"h\n", 0o644)
@@ -86,6 +88,8 @@ fn rules_fixture(dir: &Path, format: WhiteoutFormat) -> (PathBuf, Vec<PathBuf>) 
         .opaque(b"opq")
         .file(b"opq/x", b"x again\n", 0o644)
         .file(b"opq/z", b"z\n", 0o644)
+        .file(b"opq/sub/kept", b"kept again\n", 0o644)
+        .file(b"opq/sub/new", b"new\n", 0o644)
         .file(b"deep/a/b/c", b"c\n", 0o600)
         .file(b"newd/sub/f", b"f\n", 0o644)
         .file(b"usr/lib", b"a file over a directory\n", 0o644)
@@ -119,6 +123,10 @@ const RULES_EXPECTED: &[&[u8]] = &[
     b"A /newd/sub",
     b"A /newd/sub/f",
     b"C /opq",
+    b"C /opq/sub",
+    b"C /opq/sub/kept",
+    b"A /opq/sub/new",
+    b"D /opq/sub/old",
     b"C /opq/x",
     b"D /opq/y",
     b"A /opq/z",
@@ -205,6 +213,8 @@ fn operate(mnt: &Path) {
     set_xattr(&p("shadowed"), b"user.comment", b"changed");
     fs::remove_file(p("etc/conf.d/a.conf")).unwrap();
     fs::remove_dir_all(p("nested/a")).unwrap();
+    fs::create_dir_all(p("nested/a/b")).unwrap();
+    fs::write(p("nested/a/b/fresh"), b"fresh\n").unwrap();
     fs::remove_dir_all(p("opq")).unwrap();
     fs::create_dir(p("opq")).unwrap();
     fs::write(p("opq/fresh"), b"fresh\n").unwrap();
@@ -269,7 +279,12 @@ fn live_ufsd_mount_matches_offline_and_kernel_overlayfs() {
         b"D /etc/conf.d/b.conf",
         b"A /etc/conf.d/b2.conf",
         b"C /nested",
-        b"D /nested/a",
+        b"C /nested/a",
+        b"C /nested/a/b",
+        b"A /nested/a/b/fresh",
+        b"D /nested/a/b/c",
+        b"D /nested/a/b/mid",
+        b"D /nested/a/top",
         b"C /opq",
         b"A /opq/fresh",
         b"D /opq/new1",
@@ -292,7 +307,7 @@ fn live_ufsd_mount_matches_offline_and_kernel_overlayfs() {
         );
     }
     assert!(
-        !live.iter().any(|l| l.starts_with(b"D /nested/a/")),
+        !live.iter().any(|l| l.starts_with(b"D /nested/a/b/c/")),
         "nothing below a D"
     );
     assert!(!live.iter().any(|l| l.ends_with(b"/special/tmp")));

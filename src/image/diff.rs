@@ -10,7 +10,8 @@
 //!   name, and is ignored otherwise;
 //! - an opaque upper directory over a directory of the old view is `C`, with `D` for each
 //!   name the old directory showed that the upper directory does not hold, and `A`/`C` for
-//!   its own entries, as docker's `ChangesDirs` reports it for overlay2;
+//!   its own entries, as docker's `ChangesDirs` reports it for overlay2; the same holds for
+//!   every directory below it (the new view no longer reaches the lower layers there);
 //! - below a deleted or replaced directory nothing more is reported.
 //!
 //! Paths are absolute within the image (`/etc/passwd`), raw bytes, sorted bytewise. The
@@ -142,6 +143,9 @@ struct Frame {
     rel: Vec<u8>,
     fd: OwnedFd,
     lower: Option<LowerDir>,
+    /// Whether the new view shows nothing of the lower layers here: the directory or one
+    /// of its ancestors in the upper layer is opaque.
+    opaque: bool,
     subdirs: Vec<OsString>,
     next: usize,
 }
@@ -152,7 +156,7 @@ pub fn diff(upper: &Path, lowers: &[PathBuf]) -> ImageResult<Vec<Change>> {
     let view = LowerView::open(lowers)?;
     let root = sys::open_root(upper).map_err(ImageError::io("opening upper layer", upper))?;
     let mut raw = Vec::new();
-    let first = visit(upper, Vec::new(), root, view.root()?, &mut raw)?;
+    let first = visit(upper, Vec::new(), root, view.root()?, false, &mut raw)?;
     // Heap-allocated depth-first walk: only the directories on the current path are open.
     let mut stack = vec![first];
     while let Some(top) = stack.last_mut() {
@@ -172,7 +176,7 @@ pub fn diff(upper: &Path, lowers: &[PathBuf]) -> ImageResult<Vec<Change>> {
             Some(l) => view.child(l, &name)?,
             None => None,
         };
-        let frame = visit(upper, rel, fd, lower, &mut raw)?;
+        let frame = visit(upper, rel, fd, lower, top.opaque, &mut raw)?;
         stack.push(frame);
     }
     raw.sort_unstable_by(|a, b| a.1.cmp(&b.1));
@@ -186,16 +190,18 @@ pub fn diff(upper: &Path, lowers: &[PathBuf]) -> ImageResult<Vec<Change>> {
 }
 
 /// Reads one upper directory, records the changes among its children, and returns its
-/// frame with the subdirectories to visit.
+/// frame with the subdirectories to visit. Below an opaque upper directory every
+/// directory is opaque in effect: the new view no longer reaches the lower layers there.
 fn visit(
     upper: &Path,
     rel: Vec<u8>,
     fd: OwnedFd,
     lower: Option<LowerDir>,
+    parent_opaque: bool,
     out: &mut Vec<(ChangeKind, Vec<u8>)>,
 ) -> ImageResult<Frame> {
     let path = || join_rel(upper, &rel);
-    let mut opaque = upper::dir_opaque_by_xattr(fd.as_fd(), path)?;
+    let mut opaque = parent_opaque || upper::dir_opaque_by_xattr(fd.as_fd(), path)?;
     let entries = upper::read_dir(fd.as_fd(), false, path)?;
     let mut names = Vec::with_capacity(entries.len());
     let mut subdirs = Vec::new();
@@ -223,6 +229,7 @@ fn visit(
         rel,
         fd,
         lower,
+        opaque,
         subdirs,
         next: 0,
     })
