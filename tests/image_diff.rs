@@ -143,6 +143,7 @@ fn docker_rules_in_both_whiteout_formats() {
         let got = lines(&diff_offline(&upper, &lowers, false));
         let want: Vec<Vec<u8>> = RULES_EXPECTED.iter().map(|l| l.to_vec()).collect();
         assert_eq!(show_lines(&got), show_lines(&want), "{format:?}");
+        assert_matches_views(&upper, &lowers, format, &mkdir(tmp.path(), "mnt"));
         // The library gives the same, with raw paths.
         let changes = diff(&upper, &lowers).unwrap();
         let parsed: Vec<_> = got.iter().map(|l| parse_line(l).unwrap()).collect();
@@ -311,6 +312,122 @@ fn live_ufsd_mount_matches_offline_and_kernel_overlayfs() {
         "nothing below a D"
     );
     assert!(!live.iter().any(|l| l.ends_with(b"/special/tmp")));
+}
+
+/// Paths (relative, as in snapshots) of the real entries of an upper layer: not whiteout
+/// devices, not `.wh.` names.
+fn upper_entries(root: &Path, rel: &[u8], out: &mut std::collections::BTreeSet<Vec<u8>>) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for e in fs::read_dir(root.join(OsStr::from_bytes(rel))).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        let md = e.metadata().unwrap();
+        if name.as_bytes().starts_with(b".wh.") || md.file_type().is_char_device() && md.rdev() == 0
+        {
+            continue;
+        }
+        let mut p = rel.to_vec();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name.as_bytes());
+        if md.is_dir() {
+            upper_entries(root, &p, out);
+        }
+        out.insert(p);
+    }
+}
+
+fn parent_of(p: &[u8]) -> &[u8] {
+    p.iter()
+        .rposition(|b| *b == b'/')
+        .map_or(&b""[..], |i| &p[..i])
+}
+
+/// docker's `ChangesDirs` on two snapshots of merged views, except that an entry in both
+/// is `C` when the upper layer holds it (docs/diff.md): the oracle for the A/D rules,
+/// with kernel overlayfs resolving both views.
+fn oracle(
+    old: &Snapshot,
+    new: &Snapshot,
+    upper: &std::collections::BTreeSet<Vec<u8>>,
+) -> Vec<Vec<u8>> {
+    let is_dir = |s: &Snapshot, p: &[u8]| s.get(p).is_some_and(|e| e.kind == Kind::Dir);
+    let mut out: Vec<(Vec<u8>, char)> = Vec::new();
+    for p in new.keys().filter(|p| !p.is_empty()) {
+        if !old.contains_key(p) {
+            out.push((p.clone(), 'A'));
+        } else if upper.contains(p) {
+            out.push((p.clone(), 'C'));
+        }
+    }
+    for p in old
+        .keys()
+        .filter(|p| !p.is_empty() && !new.contains_key(*p))
+    {
+        let par = parent_of(p);
+        if is_dir(old, par) && is_dir(new, par) {
+            out.push((p.clone(), 'D'));
+        }
+    }
+    out.sort();
+    out.into_iter()
+        .map(|(p, k)| {
+            let mut abs = b"/".to_vec();
+            abs.extend_from_slice(&p);
+            let mut line = vec![k as u8, b' '];
+            line.extend_from_slice(&ufsd::image::diff::output::quote_path(&abs));
+            line
+        })
+        .collect()
+}
+
+#[test]
+fn diff_agrees_with_kernel_overlayfs_views() {
+    for format in [WhiteoutFormat::Overlay, WhiteoutFormat::Oci] {
+        let tmp = scratch();
+        let lowers = build_fixture_with(&tmp.path().join("fx"), format, false);
+        let lp = as_paths(&lowers);
+        let upper = mkdir(tmp.path(), "upper");
+        let mnt = mkdir(tmp.path(), "mnt");
+        if format == WhiteoutFormat::Overlay {
+            let work = mkdir(tmp.path(), "work");
+            let k = mount_overlay(&lp, Some((&upper, &work)), &mnt);
+            operate(&mnt);
+            k.unmount().unwrap();
+        } else {
+            // Kernel overlayfs cannot read OCI whiteouts: write the upper with ufsd.
+            let work = mkdir(tmp.path(), "work");
+            let m = mount_ufsd(&lp, Some((&upper, &work)), &mnt, &["-o", "whiteout=oci"]);
+            operate(&mnt);
+            m.unmount().unwrap();
+            assert!(upper.join("etc/conf.d/.wh.a.conf").is_file());
+        }
+        assert_matches_views(&upper, &lowers, format, &mnt);
+    }
+}
+
+/// Asserts that `ufsd diff` of `upper` over `lowers` is what [`oracle`] finds comparing the
+/// merged views with and without the upper layer, mounted read-only at `mnt` by kernel
+/// overlayfs (ufsd for the OCI format, which the kernel cannot read).
+fn assert_matches_views(upper: &Path, lowers: &[PathBuf], format: WhiteoutFormat, mnt: &Path) {
+    let lp = as_paths(lowers);
+    let mut with_upper = vec![upper];
+    with_upper.extend(&lp);
+    let view = |layers: &[&Path]| {
+        let _m = match format {
+            WhiteoutFormat::Overlay if layers.len() > 1 => mount_overlay(layers, None, mnt),
+            _ => mount_ufsd(layers, None, mnt, &[]),
+        };
+        snapshot(mnt)
+    };
+    let (old, new) = (view(&lp), view(&with_upper));
+    let mut real = std::collections::BTreeSet::new();
+    upper_entries(upper, b"", &mut real);
+    let want = oracle(&old, &new, &real);
+    assert!(want.len() > 10, "a trivial comparison: {want:?}");
+    let got = lines(&diff_offline(upper, lowers, false));
+    assert_eq!(show_lines(&got), show_lines(&want), "{format:?}");
 }
 
 #[test]
