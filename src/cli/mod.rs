@@ -2,6 +2,7 @@
 //! and calls one library function; `main` turns errors into one line on stderr and a
 //! non-zero exit.
 
+mod diff;
 mod images;
 mod mount;
 mod table;
@@ -42,6 +43,7 @@ struct Cli {
 enum Command {
     Mount(mount::MountArgs),
     Umount(umount::UmountArgs),
+    Diff(diff::DiffArgs),
     Images(images::ImagesArgs),
     Tag(images::TagArgs),
     Rmi(images::RmiArgs),
@@ -107,6 +109,24 @@ fn is_helper_form(args: &[OsString]) -> bool {
     }
 }
 
+/// An error and its causes on one line, as `{:#}` prints them, but leaving out a cause
+/// that the message before it already ends with: errors that both show their source in
+/// their own message and expose it as `source()` would otherwise print it twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     sys::ensure_default_path();
@@ -126,6 +146,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Mount(a) => mount::run(a),
             Command::Umount(a) => umount::run(a),
+            Command::Diff(a) => diff::run(a),
             Command::Images(a) => root().and_then(|r| images::images(&r, a)),
             Command::Tag(a) => root().and_then(|r| images::tag(&r, a)),
             Command::Rmi(a) => root().and_then(|r| images::rmi(&r, a)),
@@ -136,7 +157,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ufsd: {e:#}");
+            eprintln!("ufsd: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -148,6 +169,21 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<OsString> {
         a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn causes_shown_in_the_message_are_not_repeated() {
+        let io = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = anyhow::Error::from(crate::image::ImageError::io("opening", "/x")(io()));
+        assert_eq!(
+            one_line(&e),
+            "opening /x: No such file or directory (os error 2)"
+        );
+        let e = anyhow::Error::new(io()).context("reading /y");
+        assert_eq!(
+            one_line(&e),
+            "reading /y: No such file or directory (os error 2)"
+        );
     }
 
     #[test]
@@ -172,6 +208,7 @@ mod tests {
         assert!(!is_helper_form(&args(&["ufsd", "--help"])));
         assert!(!is_helper_form(&args(&["ufsd", "images"])));
         assert!(!is_helper_form(&args(&["ufsd", "rmi", "base"])));
+        assert!(!is_helper_form(&args(&["ufsd", "diff", "/mnt"])));
         assert!(!is_helper_form(&args(&["ufsd"])));
     }
 }

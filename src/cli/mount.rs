@@ -47,7 +47,7 @@ pub struct MountArgs {
 }
 
 /// Splits a `--lower` value on ':'.
-fn split_lowers(v: &std::path::Path) -> Vec<PathBuf> {
+pub(super) fn split_lowers(v: &std::path::Path) -> Vec<PathBuf> {
     v.as_os_str()
         .as_bytes()
         .split(|b| *b == b':')
