@@ -104,6 +104,19 @@ impl UnionFs {
             let up = sys::stat_at(upper_parent, &st.name)?;
             self.copied.insert((up.st_dev, up.st_ino), node.id);
         }
+        if st.kind == FileKind::Regular {
+            // Descriptors opened read-only on the lower file read the copy from now on, as
+            // on overlayfs (for reads served by the daemon; see docs/write-path.md).
+            let handles = self.handles.lower_handles_of(node.id);
+            if !handles.is_empty()
+                && let Ok(fd) = sys::open_at(upper_parent, &st.name, libc::O_RDONLY, 0)
+            {
+                let file = Arc::new(std::fs::File::from(fd));
+                for fh in handles {
+                    self.handles.switch_to_upper(fh, file.clone());
+                }
+            }
+        }
         st.layer = 0;
         Ok(())
     }

@@ -87,6 +87,15 @@ impl HandleTable {
             .map(|f| f.ino)
     }
 
+    /// The lower-layer handles open on node `ino` (a scan: only after a copy-up).
+    pub fn lower_handles_of(&self, ino: u64) -> Vec<u64> {
+        self.files
+            .iter()
+            .filter(|f| f.ino == ino && !f.upper && f.place.is_some())
+            .map(|f| *f.key())
+            .collect()
+    }
+
     /// Points the lower-layer handle `fh` at the upper copy of its file (read-only).
     pub fn switch_to_upper(&self, fh: u64, file: Arc<File>) {
         if let Some(mut f) = self.files.get_mut(&fh) {
