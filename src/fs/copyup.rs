@@ -135,32 +135,25 @@ impl UnionFs {
         let tmp = self.temp_name();
         let kind = kind_of(stat)?;
         let made = (|| {
-            match kind {
+            // The object itself; a regular file's copy stays open to be synced last.
+            let data = match kind {
                 FileKind::Regular => {
                     let src = sys::open_at(src_dir, name, libc::O_RDONLY, 0)?;
-                    let dst = sys::open_at(
-                        work,
-                        &tmp,
-                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                        0o600,
-                    )?;
+                    let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+                    let dst = sys::open_at(work, &tmp, flags, 0o600)?;
                     copy_data(src.as_fd(), dst.as_fd(), stat.st_size as u64)?;
-                    self.copy_meta(src_dir, name, stat, work, &tmp, kind)?;
-                    sys::sync_fd(dst.as_fd(), false)?;
+                    Some(dst)
                 }
-                FileKind::Directory => {
-                    sys::mkdir_at(work, &tmp, 0o700)?;
-                    self.copy_meta(src_dir, name, stat, work, &tmp, kind)?;
-                }
+                FileKind::Directory => sys::mkdir_at(work, &tmp, 0o700).map(|()| None)?,
                 FileKind::Symlink => {
                     let target = sys::readlink_at(src_dir, name)?;
-                    sys::symlink_at(OsStr::from_bytes(&target), work, &tmp)?;
-                    self.copy_meta(src_dir, name, stat, work, &tmp, kind)?;
+                    sys::symlink_at(OsStr::from_bytes(&target), work, &tmp).map(|()| None)?
                 }
-                _ => {
-                    sys::mknod_at(work, &tmp, stat.st_mode, stat.st_rdev)?;
-                    self.copy_meta(src_dir, name, stat, work, &tmp, kind)?;
-                }
+                _ => sys::mknod_at(work, &tmp, stat.st_mode, stat.st_rdev).map(|()| None)?,
+            };
+            self.copy_meta(src_dir, name, stat, work, &tmp, kind)?;
+            if let Some(dst) = data {
+                sys::sync_fd(dst.as_fd(), false)?;
             }
             sys::rename_at(work, &tmp, dst_dir, dst_name, 0)
         })();
