@@ -299,7 +299,7 @@ impl UnionFs {
             (false, _) => self.make_whiteout(upper, name, false)?,
         }
         if let Some(n) = self.nodes.get(found.id) {
-            self.name_removed(&n, &parent_node, name, Some(found.stat));
+            self.name_removed(&n, &parent_node, name, Some((found.stat, found.layer)));
         }
         super::copyup::restore_times(upper, None, &parent_st);
         let _ = sys::utimens_at(upper, None, SetTime::Now, SetTime::Now);
@@ -353,7 +353,7 @@ impl UnionFs {
         }
         let src_is_dir = src.kind.is_dir();
         let dst_info = dst.as_ref().map(|d| (d.layer, d.kind));
-        let dst_stat = dst.as_ref().map(|d| d.stat);
+        let dst_stat = dst.as_ref().map(|d| (d.stat, d.layer));
         let src_node = self.node_for(&pnode, name, src);
         let dst_node = dst.map(|d| self.node_for(&npnode, newname, d));
         for n in std::iter::once(&src_node).chain(dst_node.iter().filter(|_| exchange)) {
@@ -450,14 +450,24 @@ impl UnionFs {
     }
 
     /// Records that (`parent`, `name`) no longer names `node`, whose attributes were `stat`.
-    fn name_removed(&self, node: &Node, parent: &Arc<Node>, name: &OsStr, stat: Option<Stat>) {
+    /// `stat` is the attributes it had there and the layer it was in: an upper file loses
+    /// a link; a lower file is only hidden, and keeps its links.
+    fn name_removed(
+        &self,
+        node: &Node,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        stat: Option<(Stat, usize)>,
+    ) {
         let mut st = node.state.write();
         st.forget_name(parent, name);
         if st.unlinked
-            && let Some(mut gone) = stat
+            && let Some((mut gone, layer)) = stat
         {
             // What descriptors still open on it answer (see `stat_node`).
-            gone.st_nlink = gone.st_nlink.saturating_sub(1);
+            if layer == 0 {
+                gone.st_nlink = gone.st_nlink.saturating_sub(1);
+            }
             st.removed = Some(gone);
         }
     }
