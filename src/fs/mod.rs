@@ -22,7 +22,7 @@ use dashmap::DashMap;
 
 use crate::layer::merge::merge_listings;
 use crate::layer::resolve::{Probe, Resolver, Step};
-use crate::layer::stack::{is_opaque_dir, kind_of};
+use crate::layer::stack::is_opaque_dir;
 use crate::layer::whiteout::{is_private_xattr, is_reserved_name};
 use crate::layer::{FileKind, LayerStack};
 use crate::sys::{self, Errno, Stat, SysResult};
@@ -286,7 +286,7 @@ impl UnionFs {
             st: found.stat,
             volatile: self.is_volatile(layer, &found.stat),
         };
-        let node = self.nodes.lookup(
+        self.nodes.lookup(
             id,
             NodeState {
                 parent: Some(parent),
@@ -300,9 +300,6 @@ impl UnionFs {
                 removed: None,
             },
         );
-        if node.state.read().layer != layer {
-            return self.stat_node(&node);
-        }
         Ok(attr)
     }
 
@@ -637,10 +634,5 @@ impl UnionFs {
             return Err(Errno::EROFS);
         }
         Ok(())
-    }
-
-    /// The kind of a stat result, for callers outside the layer module.
-    pub fn kind_of(st: &Stat) -> SysResult<FileKind> {
-        kind_of(st)
     }
 }

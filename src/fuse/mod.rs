@@ -60,10 +60,6 @@ impl FuseAdapter {
         }
     }
 
-    fn attr(&self, a: &Attr) -> FileAttr {
-        to_file_attr(a)
-    }
-
     /// The backing file of `ino` for one more open: the one it has, or `file` registered
     /// through `register`. `None` when the kernel refuses it (the open then goes through
     /// the daemon).
@@ -105,7 +101,7 @@ impl FuseAdapter {
 
     fn reply_entry(&self, r: sys::SysResult<Attr>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&self.ttl(&a), &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl(&a), &to_file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -257,7 +253,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl(&a), &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl(&a), &to_file_attr(&a), Generation(0)),
             Err(sys::Errno::ENOENT) => {
                 // A negative entry: the kernel remembers the name is absent for the TTL.
                 let neg = to_file_attr(&Attr {
@@ -277,7 +273,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.ttl(&a), &self.attr(&a)),
+            Ok(a) => reply.attr(&self.ttl(&a), &to_file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -346,7 +342,7 @@ impl Filesystem for FuseAdapter {
             Ok(r) => r,
             Err(e) => return reply.error(errno(e)),
         };
-        let fa = self.attr(&attr);
+        let fa = to_file_attr(&attr);
         let fh = FileHandle(opened.fh);
         if self.passthrough()
             && let Some(b) =
@@ -488,7 +484,7 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| f.0),
         };
         match self.fs.setattr(ino.0, set) {
-            Ok(a) => reply.attr(&self.cache.ttl, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.ttl(&a), &to_file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }

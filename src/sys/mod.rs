@@ -169,9 +169,9 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirEntry>> {
     Ok(out)
 }
 
-/// The path through which the xattr calls reach `name` inside `dir` (with the `l*` calls,
-/// which do not follow a symlink at `name`), or `dir` itself (with the following calls: the
-/// magic link leads to the directory).
+/// The path through which calls without a usable `*at` form (xattrs, chmod) reach `name`
+/// inside `dir` (with the `l*` xattr calls, which do not follow a symlink at `name`), or
+/// `dir` itself (with the following calls: the magic link leads to the directory).
 fn xattr_path(dir: BorrowedFd<'_>, name: Option<&OsStr>) -> SysResult<CString> {
     let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
     if let Some(name) = name {
@@ -420,12 +420,6 @@ pub fn rename_at(
     .map(drop)
 }
 
-/// The path that reaches `name` in `dir` (or `dir` itself) for calls that have no `*at`
-/// form honouring "do not follow": through the `/proc/self/fd` magic link.
-fn fd_path(dir: BorrowedFd<'_>, name: Option<&OsStr>) -> SysResult<CString> {
-    xattr_path(dir, name)
-}
-
 /// `fchownat(dirfd, name, uid, gid, AT_SYMLINK_NOFOLLOW)`; `None` leaves an id unchanged.
 /// With `name` `None`, changes `dir` itself.
 pub fn chown_at(
@@ -447,7 +441,7 @@ pub fn chown_at(
 
 /// chmod of `name` in `dir` (or of `dir`), which must not be a symlink.
 pub fn chmod_at(dir: BorrowedFd<'_>, name: Option<&OsStr>, mode: u32) -> SysResult<()> {
-    let p = fd_path(dir, name)?;
+    let p = xattr_path(dir, name)?;
     // SAFETY: a C string path; the magic link resolves to the object itself.
     check(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
 }
