@@ -105,20 +105,25 @@ impl UnionFs {
             self.copied.insert((up.st_dev, up.st_ino), node.id);
         }
         if st.kind == FileKind::Regular {
-            // Descriptors opened read-only on the lower file read the copy from now on, as
-            // on overlayfs (for reads served by the daemon; see docs/write-path.md).
-            let handles = self.handles.lower_handles_of(node.id);
-            if !handles.is_empty()
-                && let Ok(fd) = sys::open_at(upper_parent, &st.name, libc::O_RDONLY, 0)
-            {
-                let file = Arc::new(std::fs::File::from(fd));
-                for fh in handles {
-                    self.handles.switch_to_upper(fh, file.clone());
-                }
-            }
+            self.switch_lower_readers(node.id, upper_parent, &st.name);
         }
         st.layer = 0;
         Ok(())
+    }
+
+    /// Descriptors opened read-only on the lower file `id` read its upper copy `name` in
+    /// `dir` from now on, as on overlayfs (for reads served by the daemon; see
+    /// docs/write-path.md).
+    fn switch_lower_readers(&self, id: u64, dir: BorrowedFd<'_>, name: &OsStr) {
+        let handles = self.handles.lower_handles_of(id);
+        if !handles.is_empty()
+            && let Ok(fd) = sys::open_at(dir, name, libc::O_RDONLY, 0)
+        {
+            let file = Arc::new(std::fs::File::from(fd));
+            for fh in handles {
+                self.handles.switch_to_upper(fh, file.clone());
+            }
+        }
     }
 
     /// Copies the object `name` in `src_dir` (with stat `stat`) to `dst_name` in
@@ -247,6 +252,9 @@ impl UnionFs {
                     }
                     _ => {
                         self.copy_one(src, &e.name, &stat, upper, &e.name)?;
+                        if e.kind == FileKind::Regular {
+                            self.switch_lower_readers(self.id_of(&stat), upper, &e.name);
+                        }
                         if !e.kind.is_dir() && stat.st_nlink > 1 {
                             let dir = upper.try_clone_to_owned().map_err(|_| Errno::EMFILE)?;
                             links.insert(key, (dir, e.name.clone()));
@@ -277,6 +285,7 @@ impl UnionFs {
                     }
                 }
                 let upper_child = sys::open_dir_at(upper, &e.name)?;
+                self.keep_dir_id(upper_child.as_fd(), &child_dirs)?;
                 if !child_dirs.iter().any(|(l, _)| *l == 0) {
                     child_dirs.insert(0, (0, upper_child.try_clone().map_err(|_| Errno::EMFILE)?));
                 }
@@ -288,6 +297,23 @@ impl UnionFs {
             }
         }
         restore_times(upper, None, &upper_times);
+        Ok(())
+    }
+
+    /// Records that the upper directory `upper`, copied (or completed) during a tree
+    /// copy-up, keeps the number the merged directory had: its own if it was copied up
+    /// before, else that of its top-most lower instance (`dirs`, top-down), as `find`
+    /// numbers a merged directory. Without this the directory would change number when
+    /// the tree moves away from its lower instances.
+    fn keep_dir_id(&self, upper: BorrowedFd<'_>, dirs: &[(usize, OwnedFd)]) -> SysResult<()> {
+        let up = sys::stat_fd(upper)?;
+        if self.copied.contains_key(&(up.st_dev, up.st_ino)) {
+            return Ok(());
+        }
+        if let Some((_, origin)) = dirs.iter().find(|(l, _)| *l != 0) {
+            let id = self.id_of(&sys::stat_fd(origin.as_fd())?);
+            self.copied.insert((up.st_dev, up.st_ino), id);
+        }
         Ok(())
     }
 

@@ -461,6 +461,19 @@ impl UnionFs {
     ) {
         let mut st = node.state.write();
         st.forget_name(parent, name);
+        // A remembered name may since have gone by a way the node did not see (its
+        // directory replaced, say): the name taking over must still lead to this file.
+        while let Some(p) = st.parent.clone().filter(|_| !st.unlinked) {
+            let n = st.name.clone();
+            drop(st);
+            let leads_here =
+                matches!(self.find(&p.state.read(), &n), Ok(Some(f)) if f.id == node.id);
+            st = node.state.write();
+            if leads_here {
+                break;
+            }
+            st.forget_name(&p, &n);
+        }
         if st.unlinked
             && let Some((mut gone, layer)) = stat
         {
