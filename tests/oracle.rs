@@ -16,7 +16,7 @@
 //!
 //! Environment:
 //! - `UFSD_ORACLE_SEED=N`     run only seed N (replay);
-//! - `UFSD_ORACLE_SEEDS=K`    run seeds 1 to K (default 16), or `A-B` for seeds A to B;
+//! - `UFSD_ORACLE_SEEDS=K`    run seeds 1 to K, or `A-B` for seeds A to B (default: 1 to 16 and the regression seeds);
 //! - `UFSD_ORACLE_OPS=M`      operations per seed (default 600);
 //! - `UFSD_ORACLE_TRACE=1`    print every operation and both results;
 //! - `UFSD_ORACLE_KEEP=1`     keep the temporary directory (layers, uppers, ufsd logs);
@@ -96,7 +96,13 @@ fn env_num(name: &str) -> Option<u64> {
     })
 }
 
-/// `K` (seeds 1 to K), `A-B` (A to B), or empty (the default, 1 to 16).
+/// `K` (seeds 1 to K), `A-B` (A to B), or empty (the default: 1 to 16 and the regression seeds).
+/// Seeds of wide sweeps that once found a difference, run by default as well (the bugs
+/// they found: tree copy-up renumbering directories and leaving lower readers behind,
+/// setgid lost when a directory replaces a whiteout, setuid kept on `O_TRUNC` and on a
+/// write to a file with no name left).
+const REGRESSION_SEEDS: [u64; 8] = [123, 130, 143, 229, 295, 298, 355, 476];
+
 fn seed_range(v: &str) -> Vec<u64> {
     let num = |s: &str| -> u64 {
         s.trim()
@@ -104,7 +110,7 @@ fn seed_range(v: &str) -> Vec<u64> {
             .unwrap_or_else(|_| panic!("UFSD_ORACLE_SEEDS={v}: expected K or A-B"))
     };
     match v.split_once('-') {
-        _ if v.trim().is_empty() => (1..=16).collect(),
+        _ if v.trim().is_empty() => (1..=16).chain(REGRESSION_SEEDS.iter().copied()).collect(),
         Some((a, b)) => (num(a)..=num(b)).collect(),
         None => (1..=num(v)).collect(),
     }

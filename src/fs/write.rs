@@ -136,8 +136,13 @@ impl UnionFs {
         let pst = parent_node.state.read();
         let upper = pst.dir_in(0).ok_or(Errno::EIO)?;
         let parent_st = sys::stat_fd(upper)?;
-        // Ownership as the kernel gives it: the caller's, but the group of a setgid dir.
-        let gid = (parent_st.st_mode & libc::S_ISGID == 0).then_some(caller.gid);
+        // Ownership as the kernel gives it: the caller's, but the group of a setgid dir
+        // (given explicitly: an object built in the work dir does not inherit it).
+        let gid = if parent_st.st_mode & libc::S_ISGID == 0 {
+            caller.gid
+        } else {
+            parent_st.st_gid
+        };
         let (is_dir, mode) = match &obj {
             NewObject::File { mode } | NewObject::Node { mode, .. } => (false, *mode),
             NewObject::Dir { mode } => (true, *mode),
@@ -158,7 +163,7 @@ impl UnionFs {
                 }
                 NewObject::Symlink { target } => sys::symlink_at(target, dir, n),
             }?;
-            sys::chown_at(dir, Some(n), Some(caller.uid), gid)?;
+            sys::chown_at(dir, Some(n), Some(caller.uid), Some(gid))?;
             // After chown (which clears setuid/setgid), the full requested mode; a new
             // directory in a setgid directory keeps the setgid bit it inherited.
             let inherited = if is_dir {
@@ -166,7 +171,7 @@ impl UnionFs {
             } else {
                 0
             };
-            if !matches!(obj, NewObject::Symlink { .. }) && mode & 0o7000 != 0 {
+            if !matches!(obj, NewObject::Symlink { .. }) && (mode & 0o7000 | inherited) != 0 {
                 sys::chmod_at(dir, Some(n), (mode & 0o7777) | inherited)?;
             }
             Ok(())
@@ -557,18 +562,15 @@ impl UnionFs {
         self.writable()?;
         // Through an open upper file: that file, whatever its names mean by now.
         if let Some(file) = set.fh.and_then(|fh| self.handles.upper_file(fh)) {
-            let fd = file.as_fd();
-            if let Some(size) = set.size {
-                sys::truncate_fd(fd, size)?;
-            }
-            apply_meta(fd, None, &set)?;
-            return Ok(Attr {
-                ino: id,
-                st: sys::stat_fd(fd)?,
-                volatile: false,
-            });
+            return self.setattr_fd(id, file.as_fd(), &set);
         }
         let node = self.node(id)?;
+        // A file whose last name went while open (the kernel clearing setuid after a
+        // write to it, say): its open upper file is all that is left of it.
+        let gone = node.state.read().unlinked;
+        if gone && let Some(file) = self.handles.upper_file_of(id) {
+            return self.setattr_fd(id, file.as_fd(), &set);
+        }
         self.copy_up(&node)?;
         if let Some(size) = set.size {
             let via_handle = set.fh.and_then(|fh| self.handles.file(fh));
@@ -590,6 +592,35 @@ impl UnionFs {
             super::Place::Entry(dir, name) => apply_meta(dir, Some(name), &set),
         })?;
         self.stat_node(&node)
+    }
+
+    /// [`Self::setattr`] on the open upper file `fd` of node `id`.
+    fn setattr_fd(&self, id: u64, fd: BorrowedFd<'_>, set: &SetAttr) -> SysResult<Attr> {
+        if let Some(size) = set.size {
+            sys::truncate_fd(fd, size)?;
+        }
+        apply_meta(fd, None, set)?;
+        Ok(Attr {
+            ino: id,
+            st: sys::stat_fd(fd)?,
+            volatile: false,
+        })
+    }
+
+    /// After an open with `O_TRUNC` by a caller without `CAP_FSETID`: the kernel leaves
+    /// clearing setuid and setgid to us when it hands the truncation to open
+    /// (`FUSE_ATOMIC_O_TRUNC`); as it would, setgid goes only with group execute.
+    pub fn drop_privileges_on_truncate(&self, fh: u64) -> SysResult<()> {
+        let file = self.handles.upper_file(fh).ok_or(Errno::EBADF)?;
+        let st = sys::stat_fd(file.as_fd())?;
+        let mut mode = st.st_mode & 0o7777 & !libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            mode &= !libc::S_ISGID;
+        }
+        if mode != st.st_mode & 0o7777 {
+            sys::chmod_at(file.as_fd(), None, mode)?;
+        }
+        Ok(())
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<usize> {

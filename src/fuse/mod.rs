@@ -285,7 +285,7 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let needs_upper = writes || self.fs.is_copied_up(ino.0);
         if needs_upper && self.passthrough() && self.lower_backing_in_use(ino.0) {
@@ -304,6 +304,13 @@ impl Filesystem for FuseAdapter {
             Ok(o) => o,
             Err(e) => return reply.error(errno(e)),
         };
+        if flags.0 & libc::O_TRUNC != 0
+            && req.uid() != 0
+            && let Err(e) = self.fs.drop_privileges_on_truncate(opened.fh)
+        {
+            self.fs.release(opened.fh);
+            return reply.error(errno(e));
+        }
         let fh = FileHandle(opened.fh);
         debug!(
             "open ino={} fh={} passthrough={}",

@@ -309,6 +309,22 @@ impl Held {
     pub fn clear(&mut self) {
         self.fds = Default::default();
     }
+
+    /// The slots holding a directory.
+    pub fn dir_slots(&self) -> Vec<usize> {
+        (0..SLOTS)
+            .filter(|&i| {
+                self.fds[i].as_ref().is_some_and(|fd| {
+                    nix::sys::stat::fstat(fd)
+                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                })
+            })
+            .collect()
+    }
+
+    pub fn close(&mut self, slot: usize) {
+        self.fds[slot] = None;
+    }
 }
 
 impl Op {

@@ -211,6 +211,13 @@ impl Run<'_> {
             rb =
                 Outcome(emulate::rename(&p.b.path, from, to, flags.0, &temp).map(|()| Value::Unit));
             emulated = true;
+            // A directory held open may be the one moved: renamed on ufsd, but emptied and
+            // removed by the emulation, which is no longer the same object. Held
+            // directories are not compared from here on.
+            for slot in p.held_b.dir_slots() {
+                p.held_a.close(slot);
+                p.held_b.close(slot);
+            }
         }
         Step { ra, rb, emulated }
     }
