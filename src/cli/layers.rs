@@ -158,10 +158,22 @@ fn cause_words(w: &Waste, set: &LayerSet) -> String {
 
 fn percent(part: u64, whole: u64) -> String {
     if whole == 0 {
-        "0%".to_string()
-    } else {
-        format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+        return "0%".to_string();
     }
+    pct(part as f64 / whole as f64)
+}
+
+/// A ratio as a percentage with one decimal, or with two significant digits of what sets
+/// it apart from 0% or 100% where one decimal would round it to 0.0% or 100.0%.
+fn pct(ratio: f64) -> String {
+    let v = ratio * 100.0;
+    let gap = v.min(100.0 - v);
+    let decimals = if gap > 0.0 && gap < 0.05 {
+        (-gap.log10()).ceil() as usize + 1
+    } else {
+        1
+    };
+    format!("{v:.decimals$}%")
 }
 
 /// Rows aligned on columns two spaces apart; the last column is not padded.
@@ -260,7 +272,7 @@ pub fn render_text(a: &Analysis, set: &LayerSet, source: &str) -> String {
         ],
         vec![
             "Efficiency:".to_string(),
-            format!("{:.1}%", a.efficiency * 100.0),
+            pct(a.efficiency),
             "seen / stored".to_string(),
         ],
     ];
@@ -420,6 +432,11 @@ mod tests {
         );
         assert_eq!(parse_threshold("10%").unwrap(), Threshold::Percent(10.0));
         assert_eq!(parse_threshold(" 0 ").unwrap(), Threshold::Bytes(0));
+        assert_eq!(pct(0.5), "50.0%");
+        assert_eq!(pct(810.0 / 50_006_030.0), "0.0016%");
+        assert_eq!(pct(50_005_220.0 / 50_006_030.0), "99.9984%");
+        assert_eq!(pct(1.0), "100.0%");
+        assert_eq!(pct(0.0), "0.0%");
         for bad in ["", "abc", "10 parsecs", "150%", "-1", "%"] {
             assert!(parse_threshold(bad).is_err(), "{bad}");
         }
