@@ -103,6 +103,20 @@ fn build_image(dir: &Path, layers: &[PathBuf]) -> PathBuf {
     root
 }
 
+/// A container `web` of the fixture image, its upper layer beside its record.
+fn add_container(root: &Path) -> PathBuf {
+    let store = Store::open(root).unwrap();
+    let image = store.resolve("fixture:v1").unwrap();
+    store
+        .create_container_record(&ufsd::image::store::ContainerRecord {
+            name: "web".into(),
+            image: image.id.to_string(),
+            created: None,
+        })
+        .unwrap();
+    store.container_dir("web").unwrap().join("upper")
+}
+
 fn ufsd_in(root: &Path, args: &[&str]) -> Output {
     let mut a: Vec<String> = vec!["--root".into(), root.display().to_string()];
     a.extend(args.iter().map(|s| s.to_string()));
@@ -141,14 +155,14 @@ const STORED: u64 = 4360 + TOOL + 1120 + 150 + 400;
 const SEEN: u64 = 260 + 150 + 400;
 
 fn check_numbers(a: &Value, from_image: bool) {
-    // (name, size, files, added, changed, removed, wasted, wasted files)
-    let want: [(&str, u64, u64, u64, u64, u64, u64, u64); 4] = [
-        ("layer 4", 400, 1, 1, 0, 3, 0, 0),
-        ("layer 3", 150, 2, 0, 2, 1, 0, 0),
-        ("layer 2", TOOL + 1120, 3, 5, 1, 0, TOOL + 1120, 3),
-        ("layer 1", 4360, 8, 15, 0, 0, 4100, 5),
+    // name, then size, files, added, changed, removed, wasted, wasted files
+    let want: [(&str, [u64; 7]); 4] = [
+        ("layer 4", [400, 1, 1, 0, 3, 0, 0]),
+        ("layer 3", [150, 2, 0, 2, 1, 0, 0]),
+        ("layer 2", [TOOL + 1120, 3, 5, 1, 0, TOOL + 1120, 3]),
+        ("layer 1", [4360, 8, 15, 0, 0, 4100, 5]),
     ];
-    for (name, size, files, added, changed, removed, wasted, wasted_files) in want {
+    for (name, numbers) in want {
         let l = layer(a, name);
         let got: Vec<u64> = [
             "size",
@@ -162,11 +176,7 @@ fn check_numbers(a: &Value, from_image: bool) {
         .iter()
         .map(|k| l[k].as_u64().unwrap_or_else(|| panic!("{k} of {l}")))
         .collect();
-        assert_eq!(
-            got,
-            vec![size, files, added, changed, removed, wasted, wasted_files],
-            "{name}: {l}"
-        );
+        assert_eq!(got, numbers, "{name}: {l}");
     }
     assert_eq!(a["total_bytes"], STORED);
     assert_eq!(a["seen_bytes"], SEEN);
@@ -600,4 +610,40 @@ fn explain_on_a_kernel_overlay_mount() {
     assert_eq!(rows(&e)[1], "layer 3: entry shown", "{e}");
     assert!(e["source"].as_str().unwrap().starts_with("mount "));
     m.unmount().unwrap();
+}
+
+/// A container of the store: its upper layer on top of its image's layers.
+#[test]
+fn explain_and_layers_of_a_container() {
+    let tmp = scratch();
+    let layers = build_layers(tmp.path());
+    let root = build_image(tmp.path(), &layers);
+    let upper = add_container(&root);
+    let o = ufsd_in(&root, &["explain", "web", "/etc/motd"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("container web: its upper layer is not at"),
+        "{err}"
+    );
+    LayerBuilder::new(&upper, WhiteoutFormat::Overlay).file(b"etc/motd", &[b'u'; 7], 0o644);
+    let e = json_of(&ufsd_in(&root, &["explain", "--json", "web", "/etc/motd"]));
+    assert_eq!(e["source"], "container web");
+    assert_eq!(
+        rows(&e),
+        vec![
+            "upper: entry shown",
+            "layer 4: nothing absent",
+            "layer 3: nothing absent",
+            "layer 2: nothing absent",
+            "layer 1: entry hidden by upper (shadowed at /etc/motd)",
+        ]
+    );
+    let a = json_of(&ufsd_in(&root, &["layers", "--json", "web"]));
+    let up = layer(&a["analysis"], "upper");
+    assert_eq!(
+        (up["size"].as_u64(), up["changed"].as_u64()),
+        (Some(7), Some(1))
+    );
+    assert_eq!(layer(&a["analysis"], "layer 1")["wasted"], 4100 + 50);
 }

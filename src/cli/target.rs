@@ -48,10 +48,16 @@ fn mount_layers(mountpoint: &Path, fs_type: &str, super_options: &str) -> Result
     }
 }
 
-/// Splits a path into the innermost union mount holding it (mount point, type, super
-/// options) and the path inside that mount. Symlinks are resolved up to the mount point but
+/// A path inside a union mount.
+pub struct MountPath {
+    pub mount: mountinfo::MountEntry,
+    /// The path inside the mount (`/` for the mount point itself).
+    pub inner: Vec<u8>,
+}
+
+/// Splits a path into the innermost union mount holding it and the path inside that mount. Symlinks are resolved up to the mount point but
 /// never inside it (an absolute symlink in the merged view would lead out of it).
-pub fn split_mount_path(path: &Path) -> Result<Option<(PathBuf, String, String, Vec<u8>)>> {
+pub fn split_mount_path(path: &Path) -> Result<Option<MountPath>> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -90,28 +96,28 @@ pub fn split_mount_path(path: &Path) -> Result<Option<(PathBuf, String, String, 
         }
         enter(&cur, &mut inside);
     }
-    Ok(inside.map(|(m, rest)| {
-        let rest = if rest.is_empty() { b"/".to_vec() } else { rest };
-        (m.mount_point, m.fs_type, m.super_options, rest)
+    Ok(inside.map(|(mount, rest)| MountPath {
+        mount,
+        inner: if rest.is_empty() { b"/".to_vec() } else { rest },
     }))
 }
 
 /// The stack of the mount holding `path`, and the path inside it.
 pub fn from_mount_path(path: &Path) -> Result<(Found, Vec<u8>)> {
-    let Some((mnt, fs_type, opts, rest)) = split_mount_path(path)? else {
+    let Some(MountPath { mount: m, inner }) = split_mount_path(path)? else {
         bail!(
             "{}: not inside a ufsd or overlay mount; name an image or container before the \
              path, or give --upper/--lower",
             path.display()
         );
     };
-    let set = mount_layers(&mnt, &fs_type, &opts)?;
+    let set = mount_layers(&m.mount_point, &m.fs_type, &m.super_options)?;
     Ok((
         Found {
             set,
-            source: format!("mount {}", mnt.display()),
+            source: format!("mount {}", m.mount_point.display()),
         },
-        rest,
+        inner,
     ))
 }
 
@@ -119,12 +125,12 @@ pub fn from_mount_path(path: &Path) -> Result<(Found, Vec<u8>)> {
 pub fn from_name(name: &OsStr, root: impl FnOnce() -> Result<PathBuf>) -> Result<Found> {
     let as_path = Path::new(name);
     if as_path.is_dir()
-        && let Some((mnt, fs_type, opts, rest)) = split_mount_path(as_path)?
-        && rest == b"/"
+        && let Some(MountPath { mount: m, inner }) = split_mount_path(as_path)?
+        && inner == b"/"
     {
         return Ok(Found {
-            set: mount_layers(&mnt, &fs_type, &opts)?,
-            source: format!("mount {}", mnt.display()),
+            set: mount_layers(&m.mount_point, &m.fs_type, &m.super_options)?,
+            source: format!("mount {}", m.mount_point.display()),
         });
     }
     let Some(name) = name.to_str() else {
