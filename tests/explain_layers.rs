@@ -330,6 +330,29 @@ fn max_waste_sets_the_exit_status() {
             assert!(err.is_empty(), "{err}");
         }
     }
+    // --svg draws the stack (and does not change the exit status).
+    let svg = tmp.path().join("stack.svg");
+    let o = run_ufsd([
+        "layers".as_ref(),
+        "--lower".as_ref(),
+        lower.as_os_str(),
+        "--svg".as_ref(),
+        svg.as_os_str(),
+    ]);
+    assert!(o.status.success());
+    let text = fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.starts_with("<svg ") && text.ends_with("</svg>\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r##"width="360.00" height="28" fill="#e53935""##),
+        "{text}"
+    );
+    assert!(
+        text.contains("50MB stored, 50MB wasted; +5 ~1 -0"),
+        "{text}"
+    );
     let o = run("lots");
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--max-waste"));

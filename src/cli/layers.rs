@@ -29,7 +29,8 @@ const EXIT_TOO_WASTEFUL: u8 = 3;
     ufsd layers /mnt/merged                      # the layers of a mount\n  \
     ufsd layers --upper /srv/up --lower /srv/l2:/srv/l1\n  \
     ufsd layers app:v1 --tree 3                  # layer 3's changes as a tree (A/C/D)\n  \
-    ufsd layers app:v1 --max-waste 10%           # exit 3 when over 10% of bytes are wasted\n\n\
+    ufsd layers app:v1 --max-waste 10%           # exit 3 when over 10% of bytes are wasted\n  \
+    ufsd layers app:v1 --svg stack.svg           # also draw the stack\n\n\
     Layers are numbered from the bottom (layer 1); `upper` is a container's or mount's\n\
     writable layer. Sizes are apparent bytes of regular files, as docker and dive count.\n\
     Wasted: bytes a layer stores that a later layer overwrites or deletes, so shipped but\n\
@@ -58,6 +59,9 @@ pub struct LayersArgs {
     /// How many of the largest wasted files to list.
     #[arg(long, value_name = "N", default_value_t = 10)]
     top: usize,
+    /// Also draw the stack as an SVG picture into FILE (seen and wasted bytes per layer).
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -165,7 +169,7 @@ fn percent(part: u64, whole: u64) -> String {
 
 /// A ratio as a percentage with one decimal, or with two significant digits of what sets
 /// it apart from 0% or 100% where one decimal would round it to 0.0% or 100.0%.
-fn pct(ratio: f64) -> String {
+pub(super) fn pct(ratio: f64) -> String {
     let v = ratio * 100.0;
     let gap = v.min(100.0 - v);
     let decimals = if gap > 0.0 && gap < 0.05 {
@@ -383,6 +387,9 @@ pub fn run(a: LayersArgs, root: impl FnOnce() -> Result<PathBuf>) -> Result<Exit
         render_text(&analysis, set, &found.source)
     };
     print(&text)?;
+    if let Some(path) = &a.svg {
+        super::svg::write(path, &super::svg::render(&analysis, set, &found.source))?;
+    }
     if let Some(t) = threshold
         && exceeds(&analysis, t)
     {

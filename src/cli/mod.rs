@@ -7,6 +7,7 @@ mod explain;
 mod images;
 mod layers;
 mod mount;
+mod svg;
 mod table;
 mod target;
 mod umount;
