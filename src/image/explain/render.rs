@@ -161,7 +161,14 @@ pub fn to_text(e: &Explanation, set: &LayerSet) -> String {
 /// The explanation in sentences, one per fact.
 pub fn sentences(e: &Explanation, set: &LayerSet, last: &str) -> Vec<String> {
     let path = e.path.display();
-    let name = |i: usize| set.layers[i].name.clone();
+    let name = |i: usize| {
+        let l = &set.layers[i];
+        if l.writable {
+            "the upper layer".to_string()
+        } else {
+            l.name.clone()
+        }
+    };
     let mut out = Vec::new();
     if let Some(s) = &e.shown {
         out.push(format!(
