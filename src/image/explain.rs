@@ -11,7 +11,7 @@
 //! The result is plain data (serialisable as JSON); [`render`] turns it into text.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use serde::{Serialize, Serializer};
@@ -23,14 +23,14 @@ use crate::layer::FileKind;
 use crate::layer::blame::{Cause, Role as LevelRole, blame};
 use crate::layer::merge::merge_listings;
 use crate::layer::resolve::{Probe, Resolver, Step};
-use crate::layer::stack::{kind_of, list_layer_dir};
-use crate::layer::whiteout::{
-    EntryClass, OPAQUE_MARKER, OPAQUE_XATTRS, classify, is_opaque_value, is_reserved_name,
-    whiteout_name,
-};
+use crate::layer::stack::list_layer_dir;
+use crate::layer::whiteout::{EntryClass, classify, is_reserved_name};
 use crate::sys::{self, Errno};
 
+mod probe;
 pub mod render;
+
+use probe::{Found, find, nothing, opaque_format};
 
 /// A path inside the merged view, as raw bytes (`/etc/passwd`). In JSON a UTF-8 path is a
 /// string; any other is `{"b64": "..."}` (standard base64), so no name is altered.
@@ -192,110 +192,6 @@ pub struct Explanation {
     /// Names in the merged listing.
     pub listing_total: Option<u64>,
     pub blocked: Option<Blocked>,
-}
-
-/// What one layer holds at one name, with the fds and formats the explanation needs.
-struct Found {
-    holds: Holds,
-    probe: Probe,
-    dir: Option<OwnedFd>,
-    ctime: Option<sys::Timestamp>,
-}
-
-fn nothing() -> Found {
-    Found {
-        holds: Holds::Nothing,
-        probe: Probe::Absent,
-        dir: None,
-        ctime: None,
-    }
-}
-
-/// The opaque marking of the directory open at `dir`, in the order overlayfs reads it.
-fn opaque_format(dir: BorrowedFd<'_>) -> Result<Option<OpaqueFormat>, Errno> {
-    for (attr, f) in OPAQUE_XATTRS
-        .iter()
-        .zip([OpaqueFormat::TrustedXattr, OpaqueFormat::UserXattr])
-    {
-        match sys::get_xattr(dir, None, OsStr::new(attr)) {
-            Ok(Some(v)) if is_opaque_value(&v) => return Ok(Some(f)),
-            Ok(_) | Err(Errno::ENOTSUP) | Err(Errno::EPERM) | Err(Errno::EACCES) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    match sys::stat_at(dir, OsStr::from_bytes(OPAQUE_MARKER)) {
-        Ok(_) => Ok(Some(OpaqueFormat::Marker)),
-        Err(Errno::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Reads what the layer directory `dir` holds under `name` (as the daemon's probe does: a
-/// real entry wins over a `.wh.` file of the same name).
-fn find(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Found, Errno> {
-    match sys::stat_at(dir, name) {
-        Ok(st) => {
-            let kind = kind_of(&st)?;
-            if matches!(
-                classify(name.as_bytes(), kind, st.st_rdev),
-                EntryClass::Whiteout(_)
-            ) {
-                return Ok(Found {
-                    holds: Holds::Whiteout {
-                        format: WhiteoutFormat::Device,
-                    },
-                    probe: Probe::Whiteout,
-                    dir: None,
-                    ctime: None,
-                });
-            }
-            let (fd, opaque) = if kind.is_dir() {
-                let fd = sys::open_dir_at(dir, name)?;
-                let opaque = opaque_format(fd.as_fd())?;
-                (Some(fd), opaque)
-            } else {
-                (None, None)
-            };
-            let target = if kind == FileKind::Symlink {
-                Some(ViewPath(sys::readlink_at(dir, name)?))
-            } else {
-                None
-            };
-            Ok(Found {
-                holds: Holds::Entry {
-                    kind: kind.name(),
-                    size: if kind == FileKind::Regular {
-                        st.st_size as u64
-                    } else {
-                        0
-                    },
-                    opaque,
-                    target,
-                },
-                probe: Probe::Entry {
-                    kind,
-                    opaque: opaque.is_some(),
-                },
-                dir: fd,
-                ctime: Some((st.st_ctime, st.st_ctime_nsec as u32)),
-            })
-        }
-        Err(Errno::ENOENT) => {
-            match sys::stat_at(dir, OsStr::from_bytes(&whiteout_name(name.as_bytes()))) {
-                Ok(_) => Ok(Found {
-                    holds: Holds::Whiteout {
-                        format: WhiteoutFormat::WhFile,
-                    },
-                    probe: Probe::Whiteout,
-                    dir: None,
-                    ctime: None,
-                }),
-                Err(Errno::ENOENT) | Err(Errno::ENAMETOOLONG) => Ok(nothing()),
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// A cut as the explanation records it, with the formats of the responsible marker.
@@ -586,4 +482,31 @@ fn listing_shares(found: &[Found], rows: &[Row]) -> Result<(Vec<ListingShare>, u
         }
     }
     Ok((shares, merged.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_refuse_dotdot_and_markers() {
+        assert_eq!(
+            components(b"/etc//./passwd/").unwrap(),
+            vec![&b"etc"[..], &b"passwd"[..]]
+        );
+        assert!(components(b"/").unwrap().is_empty());
+        assert!(components(b"etc/../x").is_err());
+        let e = components(b"/etc/.wh.passwd").unwrap_err().to_string();
+        assert!(e.contains("never appear in the merged view"), "{e}");
+        assert!(components(b"/.wh..wh..opq").is_err());
+    }
+
+    #[test]
+    fn view_paths_serialise_raw_bytes() {
+        let p = serde_json::to_string(&ViewPath(b"/etc".to_vec())).unwrap();
+        assert_eq!(p, "\"/etc\"");
+        let p = serde_json::to_string(&ViewPath(b"/\xff".to_vec())).unwrap();
+        assert_eq!(p, r#"{"b64":"L/8="}"#);
+        assert_eq!(ViewPath(b"/a\nb".to_vec()).display(), "\"/a\\nb\"");
+    }
 }
