@@ -40,7 +40,7 @@ const EXIT_TOO_WASTEFUL: u8 = 3;
     counted). See docs/semantics.md.")]
 pub struct LayersArgs {
     /// An image or container of the store, or a mount point.
-    #[arg(value_name = "TARGET", required_unless_present = "lower")]
+    #[arg(value_name = "TARGET", required_unless_present_any = ["lower", "upper"])]
     target: Option<OsString>,
     /// An upper layer directory (with --lower).
     #[arg(long, value_name = "DIR", conflicts_with = "target")]
