@@ -3,9 +3,13 @@
 //! non-zero exit.
 
 mod diff;
+mod explain;
 mod images;
+mod layers;
 mod mount;
+mod svg;
 mod table;
+mod target;
 mod umount;
 
 use std::ffi::OsString;
@@ -23,7 +27,9 @@ use crate::sys;
     version,
     about = "A userspace union filesystem: stack read-only layers under one writable layer",
     after_help = "Examples:\n  ufsd mount --lower /srv/layers/2:/srv/layers/1 --upper /srv/up --work /srv/work /mnt/merged\n  \
-                  ufsd images                         # the images of the store (--root DIR or UFSD_ROOT)\n\n\
+                  ufsd images                         # the images of the store (--root DIR or UFSD_ROOT)\n  \
+                  ufsd explain /mnt/merged/etc/passwd # which layer a path comes from, and why\n  \
+                  ufsd layers app:v1                  # what each layer adds, removes and wastes\n\n\
                   Also run by mount(8) as: mount -t fuse.ufsd ufsd /mnt -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w\n\
                   Logging: -v (info), -vv (debug), or RUST_LOG=ufsd=debug."
 )]
@@ -49,6 +55,8 @@ enum Command {
     Rmi(images::RmiArgs),
     History(images::HistoryArgs),
     Inspect(images::InspectArgs),
+    Explain(explain::ExplainArgs),
+    Layers(layers::LayersArgs),
 }
 
 /// Whether `name` is one of the subcommands (or `help`).
@@ -152,6 +160,8 @@ pub fn main() -> ExitCode {
             Command::Rmi(a) => root().and_then(|r| images::rmi(&r, a)),
             Command::History(a) => root().and_then(|r| images::history(&r, a)),
             Command::Inspect(a) => root().and_then(|r| images::inspect(&r, a)),
+            Command::Explain(a) => explain::run(a, root),
+            Command::Layers(a) => layers::run(a, root),
         }
     };
     match result {

@@ -7,6 +7,9 @@
 //!   extracted into an empty directory in overlayfs format;
 //! - `lower` and `upper` (private): reading the lower layers' merged view one directory at
 //!   a time, and reading an upper layer directory, both fd-relative through [`crate::sys`];
+//! - [`layerset`], [`explain`], [`analysis`]: a stack of layers described for people, why
+//!   the merged view shows what it shows at one path, and what each layer adds, changes,
+//!   removes and wastes (`ufsd explain`, `ufsd layers`);
 //! - [`store`]: the OCI image layout on disk, with [`reference`] names and [`rfc3339`] times.
 
 pub mod reference;
@@ -19,8 +22,11 @@ use thiserror::Error;
 
 use crate::sys::Errno;
 
+pub mod analysis;
 pub mod diff;
+pub mod explain;
 pub mod layer;
+pub mod layerset;
 mod lower;
 mod upper;
 

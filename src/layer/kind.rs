@@ -41,6 +41,19 @@ impl FileKind {
         })
     }
 
+    /// The type in words, as `ufsd explain` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::Regular => "file",
+            FileKind::Directory => "directory",
+            FileKind::Symlink => "symlink",
+            FileKind::Fifo => "fifo",
+            FileKind::Socket => "socket",
+            FileKind::CharDevice => "character device",
+            FileKind::BlockDevice => "block device",
+        }
+    }
+
     pub fn is_dir(self) -> bool {
         self == FileKind::Directory
     }

@@ -162,27 +162,32 @@ impl LayerStack {
     /// Lists one layer directory, with the type of every entry (stat where `d_type` is
     /// unknown, and for character devices, whose device number tells a whiteout).
     pub fn list(&self, layer: usize, dir: BorrowedFd<'_>) -> SysResult<LayerListing> {
-        let raw = sys::read_dir(dir)?;
-        let mut entries = Vec::with_capacity(raw.len());
-        for r in raw {
-            let (kind, rdev) = match FileKind::from_dtype(r.d_type) {
-                Some(k) if k != FileKind::CharDevice => (k, 0),
-                _ => match sys::stat_at(dir, &r.name) {
-                    Ok(st) => (kind_of(&st)?, st.st_rdev),
-                    // Removed between readdir and stat: skip it.
-                    Err(Errno::ENOENT) => continue,
-                    Err(e) => return Err(e),
-                },
-            };
-            entries.push(LayerEntry {
-                name: r.name,
-                kind,
-                rdev,
-                ino: r.ino,
-            });
-        }
-        Ok(LayerListing { layer, entries })
+        list_layer_dir(layer, dir)
     }
+}
+
+/// Lists one layer directory as [`LayerStack::list`] does, for callers without a stack.
+pub fn list_layer_dir(layer: usize, dir: BorrowedFd<'_>) -> SysResult<LayerListing> {
+    let raw = sys::read_dir(dir)?;
+    let mut entries = Vec::with_capacity(raw.len());
+    for r in raw {
+        let (kind, rdev) = match FileKind::from_dtype(r.d_type) {
+            Some(k) if k != FileKind::CharDevice => (k, 0),
+            _ => match sys::stat_at(dir, &r.name) {
+                Ok(st) => (kind_of(&st)?, st.st_rdev),
+                // Removed between readdir and stat: skip it.
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(e),
+            },
+        };
+        entries.push(LayerEntry {
+            name: r.name,
+            kind,
+            rdev,
+            ino: r.ino,
+        });
+    }
+    Ok(LayerListing { layer, entries })
 }
 
 /// The type of a stat result; EIO for a type Linux does not have.

@@ -10,6 +10,9 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     pub fs_type: String,
     pub source: String,
+    /// The filesystem's own options (for overlayfs: `lowerdir=...,upperdir=...`), still
+    /// octal-escaped as the kernel writes them.
+    pub super_options: String,
 }
 
 /// Undoes the octal escapes (`\040` for a space) the kernel puts in mountinfo paths.
@@ -48,6 +51,7 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
             mount_point: PathBuf::from(OsString::from_vec(unescape_octal(fields[4]))),
             fs_type: rfields[0].to_string(),
             source: rfields[1].to_string(),
+            super_options: rfields.get(2).map(|o| o.to_string()).unwrap_or_default(),
         });
     }
     out
@@ -65,8 +69,67 @@ pub fn mount_at(path: &Path) -> Option<MountEntry> {
     read().into_iter().rev().find(|m| m.mount_point == path)
 }
 
+/// The layers of a kernel overlayfs mount from its super options: (upperdir, lowerdirs
+/// top-most first). `lowerdir+=` (kernel 6.7 and later) adds one lower layer at a time.
+pub fn overlay_dirs(super_options: &str) -> (Option<PathBuf>, Vec<PathBuf>) {
+    let mut upper = None;
+    let mut lowers = Vec::new();
+    for opt in super_options.split(',') {
+        let Some((key, value)) = opt.split_once('=') else {
+            continue;
+        };
+        let raw = unescape_octal(value);
+        match key {
+            "upperdir" => upper = Some(PathBuf::from(OsString::from_vec(raw))),
+            "lowerdir" | "lowerdir+" => {
+                // `\:` escapes a colon inside one path.
+                let mut cur = Vec::new();
+                let mut i = 0;
+                while i < raw.len() {
+                    match raw[i] {
+                        b'\\' if i + 1 < raw.len() => {
+                            cur.push(raw[i + 1]);
+                            i += 2;
+                            continue;
+                        }
+                        b':' if key == "lowerdir" => {
+                            lowers
+                                .push(PathBuf::from(OsString::from_vec(std::mem::take(&mut cur))));
+                        }
+                        b => cur.push(b),
+                    }
+                    i += 1;
+                }
+                if !cur.is_empty() {
+                    lowers.push(PathBuf::from(OsString::from_vec(cur)));
+                }
+            }
+            _ => {}
+        }
+    }
+    (upper, lowers)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn overlay_layers_from_options() {
+        let (u, l) =
+            overlay_dirs("rw,lowerdir=/l/a:/l/b\\:c:/l/with\\040sp,upperdir=/u,workdir=/w");
+        assert_eq!(u, Some(PathBuf::from("/u")));
+        assert_eq!(
+            l,
+            vec![
+                PathBuf::from("/l/a"),
+                PathBuf::from("/l/b:c"),
+                PathBuf::from("/l/with sp")
+            ]
+        );
+        let (u, l) = overlay_dirs("ro,lowerdir+=/x,lowerdir+=/y");
+        assert_eq!(u, None);
+        assert_eq!(l, vec![PathBuf::from("/x"), PathBuf::from("/y")]);
+    }
+
     use super::*;
 
     #[test]

@@ -112,6 +112,32 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<Stat> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// A time as seconds and nanoseconds since the epoch.
+pub type Timestamp = (i64, u32);
+
+/// The birth time of `name` in `dir` (not followed) from `statx`, or `None` where the
+/// filesystem does not record one.
+pub fn birth_time_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Option<Timestamp>> {
+    let c = cstr(name)?;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: stx points to writable memory of the right size; c is a valid C string.
+    check(unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BTIME,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: statx succeeded and filled stx (it was zeroed before).
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_BTIME == 0 {
+        return Ok(None);
+    }
+    Ok(Some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec)))
+}
+
 /// `readlinkat(dirfd, name)`.
 pub fn readlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Vec<u8>> {
     let c = cstr(name)?;
