@@ -221,7 +221,7 @@ impl UnionFs {
         if node.state.read().unlinked {
             // Removed while open: what an open upper file says, else what it was when its
             // last name went (a lower descriptor would show the lower file).
-            let removed = node.state.read().removed;
+            let removed = node.state.read().removed.as_deref().copied();
             let st = match (self.handles.upper_file_of(node.id), removed) {
                 (Some(file), _) => sys::stat_fd(file.as_fd())?,
                 (None, Some(st)) => st,

@@ -486,7 +486,7 @@ impl UnionFs {
             if layer == 0 {
                 gone.st_nlink = gone.st_nlink.saturating_sub(1);
             }
-            st.removed = Some(gone);
+            st.removed = Some(Box::new(gone));
         }
     }
 
