@@ -288,9 +288,10 @@ impl UnionFs {
         self.indexes.drop_dir(parent_node.id);
         let pst = parent_node.state.read();
         let upper = pst.dir_in(0).ok_or(Errno::EIO)?;
-        let parent_st = sys::stat_fd(upper)?;
-        let need_whiteout = self.lower_has(&pst, name)?;
         let in_upper = found.layer == 0;
+        // A name found in a lower layer needs a whiteout; one found in the upper layer
+        // only if it also shadows a lower one.
+        let need_whiteout = !in_upper || self.lower_has(&pst, name)?;
         match (in_upper, need_whiteout) {
             (true, true) => self.make_whiteout(upper, name, true)?,
             (true, false) if dir => {
@@ -306,8 +307,7 @@ impl UnionFs {
         if let Some(n) = self.nodes.get(found.id) {
             self.name_removed(&n, &parent_node, name, Some((found.stat, found.layer)));
         }
-        super::copyup::restore_times(upper, None, &parent_st);
-        let _ = sys::utimens_at(upper, None, SetTime::Now, SetTime::Now);
+        // The parent's times changed by themselves: every path above modified it.
         Ok(())
     }
 
