@@ -204,8 +204,6 @@ impl UnionFs {
             }
             Slot::Taken => return Err(Errno::EEXIST),
         }
-        super::copyup::restore_times(upper, None, &parent_st);
-        let _ = sys::utimens_at(upper, None, SetTime::Now, SetTime::Now);
         drop(pst);
         self.lookup(parent, name)
     }
@@ -385,7 +383,6 @@ impl UnionFs {
             Some(s) => s.dir_in(0).ok_or(Errno::EIO)?,
             None => up,
         };
-        let (pt, npt) = (sys::stat_fd(up)?, sys::stat_fd(unp)?);
         let work = self.work()?;
         let mut aside = None;
         if !exchange && let Some((0, FileKind::Directory)) = dst_info {
@@ -437,10 +434,6 @@ impl UnionFs {
         if !exchange && self.whiteout == WhiteoutFormat::Oci {
             let wh = whiteout::whiteout_name(newname.as_bytes());
             let _ = sys::unlink_at(unp, OsStr::from_bytes(&wh), false);
-        }
-        for (d, t) in [(up, &pt), (unp, &npt)] {
-            super::copyup::restore_times(d, None, t);
-            let _ = sys::utimens_at(d, None, SetTime::Now, SetTime::Now);
         }
         drop(npst);
         drop(pst);
