@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -24,6 +25,9 @@ const CAPACITY: usize = 64;
 #[derive(Debug, Default)]
 pub struct IndexCache {
     entries: Mutex<VecDeque<(u64, u64, Arc<DirIndex>)>>,
+    /// Counts `drop_dir` calls, so that an index listed while a directory changed is not
+    /// stored afterwards (the change's drop would come before the stale put).
+    drops: AtomicU64,
 }
 
 impl IndexCache {
@@ -36,18 +40,30 @@ impl IndexCache {
             .map(|(_, _, idx)| idx.clone())
     }
 
-    pub fn put(&self, id: u64, generation: u64, index: DirIndex) {
+    /// A token to pass to [`Self::put`]: take it before listing the directory.
+    pub fn begin(&self) -> u64 {
+        self.drops.load(Ordering::Acquire)
+    }
+
+    /// Stores the index of directory `id`, listed after `begin` returned `token`, unless
+    /// some directory changed since.
+    pub fn put(&self, id: u64, generation: u64, token: u64, index: Arc<DirIndex>) {
         let mut entries = self.entries.lock();
+        if self.drops.load(Ordering::Acquire) != token {
+            return;
+        }
         entries.retain(|(i, _, _)| *i != id);
         if entries.len() >= CAPACITY {
             entries.pop_front();
         }
-        entries.push_back((id, generation, Arc::new(index)));
+        entries.push_back((id, generation, index));
     }
 
     /// Forgets directory `id` (it changed).
     pub fn drop_dir(&self, id: u64) {
-        self.entries.lock().retain(|(i, _, _)| *i != id);
+        let mut entries = self.entries.lock();
+        self.drops.fetch_add(1, Ordering::AcqRel);
+        entries.retain(|(i, _, _)| *i != id);
     }
 }
 
@@ -60,15 +76,24 @@ mod tests {
         let c = IndexCache::default();
         let mut idx = DirIndex::new();
         idx.insert("a".into(), (1, FileKind::Regular));
-        c.put(7, 0, idx.clone());
+        c.put(7, 0, c.begin(), Arc::new(idx.clone()));
         assert!(c.get(7, 0).is_some());
         assert!(c.get(7, 1).is_none(), "another generation");
         c.drop_dir(7);
         assert!(c.get(7, 0).is_none());
         for i in 0..(CAPACITY as u64 + 5) {
-            c.put(i, 0, idx.clone());
+            c.put(i, 0, c.begin(), Arc::new(idx.clone()));
         }
         assert!(c.get(0, 0).is_none(), "oldest evicted");
         assert!(c.get(CAPACITY as u64 + 4, 0).is_some());
+    }
+
+    #[test]
+    fn a_listing_taken_across_a_change_is_not_kept() {
+        let c = IndexCache::default();
+        let token = c.begin();
+        c.drop_dir(9);
+        c.put(7, 0, token, Arc::default());
+        assert!(c.get(7, 0).is_none());
     }
 }

@@ -50,7 +50,7 @@ pub struct NodeState {
     pub unlinked: bool,
     /// Its attributes when its last name went, for descriptors the daemon has no handle
     /// of (fifos and devices are opened by the kernel alone).
-    pub removed: Option<crate::sys::Stat>,
+    pub removed: Option<Box<crate::sys::Stat>>,
 }
 
 /// How many other names of one file are remembered.

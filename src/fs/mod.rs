@@ -20,6 +20,7 @@ use std::sync::atomic::AtomicU64;
 
 use dashmap::DashMap;
 
+use crate::layer::merge::MergedEntry;
 use crate::layer::merge::merge_listings;
 use crate::layer::resolve::{Probe, Resolver, Step};
 use crate::layer::stack::is_opaque_dir;
@@ -27,6 +28,7 @@ use crate::layer::whiteout::{is_private_xattr, is_reserved_name};
 use crate::layer::{FileKind, LayerStack};
 use crate::sys::{self, Errno, Stat, SysResult};
 use handle::HandleTable;
+use index::DirIndex;
 use inode::{Node, NodeState, NodeTable, ROOT_ID};
 
 /// Attributes of a merged-view object: the backing `stat` with the merged-view inode number.
@@ -221,7 +223,7 @@ impl UnionFs {
         if node.state.read().unlinked {
             // Removed while open: what an open upper file says, else what it was when its
             // last name went (a lower descriptor would show the lower file).
-            let removed = node.state.read().removed;
+            let removed = node.state.read().removed.as_deref().copied();
             let st = match (self.handles.upper_file_of(node.id), removed) {
                 (Some(file), _) => sys::stat_fd(file.as_fd())?,
                 (None, Some(st)) => st,
@@ -323,7 +325,11 @@ impl UnionFs {
         pst: &NodeState,
         name: &OsStr,
     ) -> SysResult<Option<Found>> {
-        if let Some(index) = self.indexes.get(parent.id, self.generation()) {
+        let mut index = self.indexes.get(parent.id, self.generation());
+        if index.is_none() && pst.dirs.len() >= INDEX_MIN_LAYERS {
+            index = Some(self.build_index(parent.id, pst)?);
+        }
+        if let Some(index) = index {
             match index.get(name) {
                 None => return Ok(None),
                 Some(&(layer, kind)) if !kind.is_dir() => {
@@ -345,6 +351,22 @@ impl UnionFs {
             }
         }
         self.find(pst, name)
+    }
+
+    /// Lists every layer of the directory `pst` (node `id`) once and caches which layer
+    /// shows each name: in a directory merged from many layers that is cheaper than
+    /// probing them all for each name looked up.
+    fn build_index(&self, id: u64, pst: &NodeState) -> SysResult<Arc<DirIndex>> {
+        let generation = self.generation();
+        let token = self.indexes.begin();
+        let mut listings = Vec::with_capacity(pst.dirs.len());
+        for (layer, fd) in &pst.dirs {
+            listings.push(self.stack.list(*layer, fd.as_fd())?);
+        }
+        let merged = merge_listings(&listings, self.stack.upper());
+        let index = Arc::new(index_of(&merged));
+        self.indexes.put(id, generation, token, index.clone());
+        Ok(index)
     }
 
     /// Probes `name` in the directory state `pst` without touching the node table.
@@ -540,6 +562,7 @@ impl UnionFs {
     }
 
     fn list_merged(&self, node: &Node) -> SysResult<Vec<DirItem>> {
+        let (generation, token) = (self.generation(), self.indexes.begin());
         let st = node.state.read();
         let mut listings = Vec::with_capacity(st.dirs.len());
         for (layer, fd) in &st.dirs {
@@ -547,14 +570,8 @@ impl UnionFs {
         }
         let parent_id = st.parent.as_ref().map(|p| p.id).unwrap_or(ROOT_ID);
         let merged = merge_listings(&listings, self.stack.upper());
-        self.indexes.put(
-            node.id,
-            self.generation(),
-            merged
-                .iter()
-                .map(|e| (e.name.clone(), (e.layer, e.kind)))
-                .collect(),
-        );
+        self.indexes
+            .put(node.id, generation, token, Arc::new(index_of(&merged)));
         let mut out = Vec::with_capacity(merged.len() + 2);
         out.push(DirItem {
             name: ".".into(),
@@ -635,4 +652,16 @@ impl UnionFs {
         }
         Ok(())
     }
+}
+
+/// Directories merged from at least this many layers get a name index on their first
+/// lookup: probing each layer for each name costs more than listing them all once.
+const INDEX_MIN_LAYERS: usize = 8;
+
+/// Which layer shows each name of a merged listing, and as what.
+fn index_of(merged: &[MergedEntry]) -> DirIndex {
+    merged
+        .iter()
+        .map(|e| (e.name.clone(), (e.layer, e.kind)))
+        .collect()
 }

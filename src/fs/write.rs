@@ -204,8 +204,6 @@ impl UnionFs {
             }
             Slot::Taken => return Err(Errno::EEXIST),
         }
-        super::copyup::restore_times(upper, None, &parent_st);
-        let _ = sys::utimens_at(upper, None, SetTime::Now, SetTime::Now);
         drop(pst);
         self.lookup(parent, name)
     }
@@ -288,9 +286,10 @@ impl UnionFs {
         self.indexes.drop_dir(parent_node.id);
         let pst = parent_node.state.read();
         let upper = pst.dir_in(0).ok_or(Errno::EIO)?;
-        let parent_st = sys::stat_fd(upper)?;
-        let need_whiteout = self.lower_has(&pst, name)?;
         let in_upper = found.layer == 0;
+        // A name found in a lower layer needs a whiteout; one found in the upper layer
+        // only if it also shadows a lower one.
+        let need_whiteout = !in_upper || self.lower_has(&pst, name)?;
         match (in_upper, need_whiteout) {
             (true, true) => self.make_whiteout(upper, name, true)?,
             (true, false) if dir => {
@@ -306,8 +305,7 @@ impl UnionFs {
         if let Some(n) = self.nodes.get(found.id) {
             self.name_removed(&n, &parent_node, name, Some((found.stat, found.layer)));
         }
-        super::copyup::restore_times(upper, None, &parent_st);
-        let _ = sys::utimens_at(upper, None, SetTime::Now, SetTime::Now);
+        // The parent's times changed by themselves: every path above modified it.
         Ok(())
     }
 
@@ -385,7 +383,6 @@ impl UnionFs {
             Some(s) => s.dir_in(0).ok_or(Errno::EIO)?,
             None => up,
         };
-        let (pt, npt) = (sys::stat_fd(up)?, sys::stat_fd(unp)?);
         let work = self.work()?;
         let mut aside = None;
         if !exchange && let Some((0, FileKind::Directory)) = dst_info {
@@ -438,10 +435,6 @@ impl UnionFs {
             let wh = whiteout::whiteout_name(newname.as_bytes());
             let _ = sys::unlink_at(unp, OsStr::from_bytes(&wh), false);
         }
-        for (d, t) in [(up, &pt), (unp, &npt)] {
-            super::copyup::restore_times(d, None, t);
-            let _ = sys::utimens_at(d, None, SetTime::Now, SetTime::Now);
-        }
         drop(npst);
         drop(pst);
         self.moved(&src_node, (&pnode, name), &npnode, newname);
@@ -486,7 +479,7 @@ impl UnionFs {
             if layer == 0 {
                 gone.st_nlink = gone.st_nlink.saturating_sub(1);
             }
-            st.removed = Some(gone);
+            st.removed = Some(Box::new(gone));
         }
     }
 

@@ -11,9 +11,9 @@ use dashmap::DashMap;
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle,
     FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use log::{debug, info, warn};
 
@@ -226,6 +226,11 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_ASYNC_DIO,
             // O_TRUNC reaches open, so a copy-up for it can skip the data.
             InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // A listing followed by lookups (`ls -l`, `find -printf %s`, `du`) gets the
+            // attributes with the names, one request per batch instead of one per name;
+            // AUTO keeps plain readdir for walks that never look names up.
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ];
         for flag in wanted {
             if caps.contains(flag) {
@@ -651,8 +656,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Every change to a directory goes through this daemon, and the kernel drops its
+        // cached listing of a directory on each change it sends us (create, unlink,
+        // rename, ...), so listings may stay cached across opens.
+        let cache = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), cache),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -672,6 +681,64 @@ impl Filesystem for FuseAdapter {
         for (i, item) in items.iter().enumerate().skip(offset as usize) {
             let kind = file_type(item.kind);
             if reply.add(INodeNo(item.ino), i as u64 + 1, kind, &item.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let items = match self.fs.readdir(fh.0, offset) {
+            Ok(items) => items,
+            Err(e) => return reply.error(errno(e)),
+        };
+        for (i, item) in items.iter().enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
+            if item.name == "." || item.name == ".." {
+                // The kernel links neither, so they cost no lookup count.
+                let mut st = sys::zeroed_stat();
+                st.st_mode = libc::S_IFDIR | 0o755;
+                st.st_nlink = 1;
+                let attr = to_file_attr(&Attr {
+                    ino: item.ino,
+                    st,
+                    volatile: true,
+                });
+                if reply.add(
+                    INodeNo(item.ino),
+                    next,
+                    &item.name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            // Each entry sent counts as a lookup; one that does not fit is given back.
+            // A name gone since the listing was taken is left out, as a later readdir
+            // would.
+            let Ok(a) = self.fs.lookup(ino.0, &item.name) else {
+                continue;
+            };
+            let full = reply.add(
+                INodeNo(a.ino),
+                next,
+                &item.name,
+                &self.ttl(&a),
+                &to_file_attr(&a),
+                Generation(0),
+            );
+            if full {
+                self.fs.forget(a.ino, 1);
                 break;
             }
         }
