@@ -7,6 +7,7 @@
 //! daemon records its pid in a runtime file named after the mount point, which is how
 //! `ufsd umount` waits for it to exit.
 
+pub mod control;
 pub mod mountinfo;
 pub mod options;
 
@@ -49,6 +50,9 @@ pub struct MountConfig {
     pub log_file: Option<PathBuf>,
     /// Forced whiteout format; `None` picks overlayfs format where mknod is permitted.
     pub whiteout: Option<WhiteoutFormat>,
+    /// A lock file the daemon holds exclusively while it serves (a container's), so that
+    /// one upper layer is never served by two daemons and others can tell it is mounted.
+    pub hold_lock: Option<PathBuf>,
 }
 
 impl MountConfig {
@@ -69,6 +73,7 @@ impl MountConfig {
             foreground: false,
             log_file: None,
             whiteout: None,
+            hold_lock: None,
         }
     }
 }
@@ -425,7 +430,20 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
         path: cfg.mountpoint.clone(),
         source,
     };
+    let gate = std::sync::Arc::new(crate::fs::gate::WriteGate::new());
     let started = (|| {
+        let held = match &cfg.hold_lock {
+            Some(p) => match sys::lock::FileLock::try_lock(p, sys::lock::LockKind::Exclusive)? {
+                Some(l) => Some(l),
+                None => {
+                    return Err(std::io::Error::other(format!(
+                        "{} is in use: another daemon serves this container",
+                        p.display()
+                    )));
+                }
+            },
+            None => None,
+        };
         sys::raise_nofile_limit();
         sys::set_umask(0);
         let stack = LayerStack::open(cfg.upper.as_deref(), &cfg.lowers)?;
@@ -442,11 +460,12 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
             fs,
             CachePolicy { ttl: cfg.ttl },
             cfg.passthrough && sys::may_passthrough(),
-        );
+        )
+        .with_gate(gate.clone());
         let session = Session::new(adapter, &cfg.mountpoint, &fuse_config(cfg))?;
-        Ok::<_, std::io::Error>(session)
+        Ok::<_, std::io::Error>((session, held))
     })();
-    let mut session = match started {
+    let (mut session, _held) = match started {
         Ok(s) => s,
         Err(e) => {
             let err = mount_err(e);
@@ -471,6 +490,14 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
     process::stop_on_signals(move || {
         let _ = unmounter.unmount();
     });
+    // After the signal mask is set, so that its threads inherit it.
+    let _control = match control::ControlServer::start(&cfg.mountpoint, gate, sys::euid()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!("no control socket (commit cannot pause this mount): {e}");
+            None
+        }
+    };
     if let Some(n) = notify {
         n.ready();
     }
