@@ -184,7 +184,14 @@ pub struct ControlClient {
 impl ControlClient {
     /// Connects to the daemon serving `mountpoint` (canonical).
     pub fn connect(mountpoint: &Path) -> Result<ControlClient, ControlError> {
-        let path = socket_path(mountpoint);
+        // Another user's daemon (root's, say) keeps its socket in its own runtime directory.
+        let mut path = socket_path(mountpoint);
+        if !path.exists() {
+            let root_path = PathBuf::from("/run/ufsd").join(path.file_name().unwrap_or_default());
+            if root_path.exists() {
+                path = root_path;
+            }
+        }
         let io_err = |source| ControlError::Io {
             path: path.clone(),
             source,

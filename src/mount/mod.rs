@@ -306,10 +306,21 @@ pub struct MountRecord {
 /// The pid file: the pid on the first line, the mount point on the second (what older
 /// readers and the tests parse), then `key=path` fields each ended by a NUL.
 fn write_pid_file(cfg: &MountConfig) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let path = pid_file(&cfg.mountpoint);
-    fs::create_dir_all(runtime_dir())?;
+    // Explicit modes: the daemon runs with umask 0, and nobody else may rewrite what
+    // other commands trust to find a mount's layers.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(runtime_dir())?;
     let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
     writeln!(f, "{}", process::pid())?;
     f.write_all(cfg.mountpoint.as_os_str().as_bytes())?;
     f.write_all(b"\n")?;
