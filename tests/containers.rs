@@ -295,6 +295,16 @@ fn ps_and_rm() {
         &ufsd(&root, &["mount", "nope:latest", mnt.to_str().unwrap()]),
         &["no such image"],
     );
+    // A layer directory given where an image goes gets a hint.
+    let src = d.path().join("base-src");
+    refused(
+        &ufsd(
+            &root,
+            &["mount", src.to_str().unwrap(), mnt.to_str().unwrap()],
+        ),
+        &["not an image", "--lower"],
+    );
+    assert!(ps_json(&root).is_empty());
 }
 
 /// The writer's protocol: file `d/fNNNNN` holding N is created, then `d/last` is renamed

@@ -127,6 +127,13 @@ pub fn run(a: MountArgs, root: impl FnOnce() -> Result<PathBuf>) -> Result<ExitC
                 "ufsd mount IMAGE MOUNTPOINT makes a container: --lower, --upper and --work do not apply"
             );
         }
+        if image.is_absolute() && image.is_dir() {
+            bail!(
+                "{} is a directory, not an image: layer directories go in --lower (ufsd mount --lower {} MOUNTPOINT)",
+                image.display(),
+                image.display()
+            );
+        }
         let image = image
             .to_str()
             .with_context(|| format!("image name {} is not UTF-8", image.display()))?
