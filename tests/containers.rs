@@ -295,6 +295,19 @@ fn ps_and_rm() {
         &ufsd(&root, &["mount", "nope:latest", mnt.to_str().unwrap()]),
         &["no such image"],
     );
+    refused(
+        &ufsd(
+            &root,
+            &[
+                "mount",
+                "-o",
+                "upperdir=/x",
+                "base:latest",
+                mnt.to_str().unwrap(),
+            ],
+        ),
+        &["upperdir=/x"],
+    );
     // A layer directory given where an image goes gets a hint.
     let src = d.path().join("base-src");
     refused(

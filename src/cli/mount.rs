@@ -181,6 +181,15 @@ fn container_config(
     flags: &Flags,
     mountpoint: PathBuf,
 ) -> Result<MountConfig> {
+    let layered = ["lowerdir=", "upperdir=", "workdir="];
+    if let Some(o) = flags
+        .options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .find(|o| layered.iter().any(|l| o.starts_with(l)))
+    {
+        bail!("-o {o}: a container's layers come from its image and the store");
+    }
     let lowers = container::image_lowers(store, image, c)?;
     let mut cfg = config_from(
         lowers,
