@@ -39,7 +39,7 @@ pub fn commit_target(
         match result {
             Err(ImageError::ChangedWhileRead(path)) if attempt < ATTEMPTS => {
                 warn!(
-                    "{} changed while being read (a write through FUSE passthrough); reading again",
+                    "{} changed while being read (written through FUSE passthrough, or not paused); reading again",
                     path.display()
                 );
                 attempt += 1;
@@ -47,7 +47,8 @@ pub fn commit_target(
             Err(ImageError::ChangedWhileRead(path)) => {
                 return Err(super::ContainerError::Refused(format!(
                     "{} kept changing while being read ({ATTEMPTS} attempts): a process writes \
-                     it through a file opened before the pause; stop it and commit again",
+                     it (through FUSE passthrough, or the mount was not paused); stop the \
+                     writer and commit again",
                     path.display()
                 )));
             }

@@ -270,3 +270,34 @@ impl Drop for Paused {
         let _ = self.client.writer.shutdown(std::net::Shutdown::Both);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_and_a_pause_ending_with_its_connection() {
+        let gate = Arc::new(WriteGate::new());
+        let mut s = Session {
+            gate: gate.clone(),
+            paused: false,
+        };
+        assert!(
+            s.handle("status")
+                .starts_with("ok paused=no in_flight=0 waiting=0 pid=")
+        );
+        assert_eq!(s.handle("resume"), "error this connection holds no pause");
+        assert_eq!(s.handle("pause"), "ok paused");
+        // A second pause on one connection is the same pause.
+        assert_eq!(s.handle("pause"), "ok paused");
+        assert!(gate.status().paused);
+        assert!(s.handle("status").starts_with("ok paused=yes"));
+        assert_eq!(s.handle("resume"), "ok resumed");
+        assert!(!gate.status().paused);
+        assert!(s.handle("trace on").starts_with("error unknown command"));
+        assert_eq!(s.handle(""), "error empty command");
+        s.handle("pause");
+        drop(s);
+        assert!(!gate.status().paused, "a closed connection keeps its pause");
+    }
+}
