@@ -3,12 +3,14 @@
 //! `mount.fuse3` helper form `ufsd SOURCE MOUNTPOINT -o OPTIONS`.
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::container::{self, Container};
 use crate::image::store::{Image, Store};
@@ -190,7 +192,28 @@ fn container_config(
     {
         bail!("-o {o}: a container's layers come from its image and the store");
     }
-    let lowers = container::image_lowers(store, image, c)?;
+    let lowers = {
+        // A spinner on a terminal while layers are extracted (the first mount of an image).
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} extracting layers {bytes} ({bytes_per_sec})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar
+        });
+        let lowers = container::image_lowers_with_progress(store, image, c, &|n| {
+            if let Some(b) = &bar {
+                b.set_position(n);
+            }
+        });
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        lowers?
+    };
     let mut cfg = config_from(
         lowers,
         Some(c.upper()),

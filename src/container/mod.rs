@@ -164,9 +164,26 @@ pub fn create(
 /// The image's layer directories, top-most first (as `lowerdir=` lists them), extracting
 /// any that are not yet. An image without layers gets the container's empty directory.
 pub fn image_lowers(store: &Store, image: &Image, c: &Container) -> ContainerResult<Vec<PathBuf>> {
+    image_lowers_with_progress(store, image, c, &|_| {})
+}
+
+/// [`image_lowers`], calling `progress` with the tar bytes extracted so far.
+pub fn image_lowers_with_progress(
+    store: &Store,
+    image: &Image,
+    c: &Container,
+    progress: &dyn Fn(u64),
+) -> ContainerResult<Vec<PathBuf>> {
     let opts = ExtractOptions::default();
-    let mut lowers =
-        store.ensure_image_layers(image, |tar, dir| extract_layer(tar, dir, &opts).map(drop))?;
+    let mut total = 0u64;
+    let mut lowers = store.ensure_image_layers(image, |tar, dir| {
+        let counted = Counting {
+            inner: tar,
+            total: &mut total,
+            progress,
+        };
+        extract_layer(counted, dir, &opts).map(drop)
+    })?;
     lowers.reverse();
     if lowers.is_empty() {
         let empty = c.dir.join("empty");
@@ -176,6 +193,22 @@ pub fn image_lowers(store: &Store, image: &Image, c: &Container) -> ContainerRes
         lowers.push(empty);
     }
     Ok(lowers)
+}
+
+/// A reader that reports how much has passed through it.
+struct Counting<'a, R> {
+    inner: R,
+    total: &'a mut u64,
+    progress: &'a dyn Fn(u64),
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        *self.total += n as u64;
+        (self.progress)(*self.total);
+        Ok(n)
+    }
 }
 
 /// The container `input` names: its full name, or a unique prefix of one.
