@@ -388,7 +388,9 @@ fn live_commit_while_writing_is_a_consistent_snapshot() {
             }
         })
     };
+    let deadline = Instant::now() + Duration::from_secs(30);
     while written.load(Ordering::SeqCst) < 50 {
+        assert!(Instant::now() < deadline, "the writer does not get going");
         std::thread::sleep(Duration::from_millis(5));
     }
     let out = ufsd(&root, &["commit", mnt.to_str().unwrap(), "snap:1"]);
@@ -462,9 +464,17 @@ fn pause_holds_writes_resumes_when_its_holder_dies_and_refuses_other_users() {
             done.store(true, Ordering::SeqCst);
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok(ufsd(&root, &["control", m, "status"])).contains("waiting=1") {
+        assert!(!done.load(Ordering::SeqCst), "a mkdir went through a pause");
+        assert!(
+            Instant::now() < deadline,
+            "the mkdir never reached the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
     assert!(!done.load(Ordering::SeqCst), "a mkdir went through a pause");
-    assert!(ok(ufsd(&root, &["control", m, "status"])).contains("waiting=1"));
 
     // The holder dies without resuming: the daemon resumes by itself.
     holder.kill().unwrap();
