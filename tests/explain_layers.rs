@@ -112,6 +112,7 @@ fn add_container(root: &Path) -> PathBuf {
             name: "web".into(),
             image: image.id.to_string(),
             created: None,
+            ..Default::default()
         })
         .unwrap();
     store.container_dir("web").unwrap().join("upper")

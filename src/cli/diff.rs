@@ -1,18 +1,19 @@
 //! `ufsd diff`: the changes of an upper layer against the layers below it.
 
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use super::subject;
 use crate::image::diff::{self, Change};
-use crate::mount;
 
 /// Show what the upper layer changed, as `docker diff` does.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
+    ufsd diff 3f2a9c1b5e7d                             # a container\n  \
     ufsd diff /mnt/merged                              # a mounted ufsd mount\n  \
     ufsd diff --upper /srv/up --lower /srv/l2:/srv/l1  # layer directories, no mount needed\n  \
     ufsd diff --json /mnt/merged\n\n\
@@ -21,16 +22,17 @@ use crate::mount;
     a newline is printed in double quotes with C escapes. --json prints\n\
     [{\"kind\":\"A\",\"path\":\"/x\"}], with \"path_b64\" instead of \"path\" for a path that is\n\
     not UTF-8. Works on any overlayfs-format upper layer (ufsd, kernel overlayfs, overlay2).\n\
-    Only these two forms are accepted for now; container names come with the image store.")]
+    An argument without '/' is a container name if one matches, else a directory.")]
 pub struct DiffArgs {
-    /// A ufsd mount point: its layers are those the mount's daemon recorded.
+    /// A container (name or unique prefix) or a ufsd mount point: its layers are those of
+    /// the container or the mount's daemon.
     #[arg(
-        value_name = "MOUNTPOINT",
+        value_name = "CONTAINER|MOUNTPOINT",
         required_unless_present = "upper",
         conflicts_with = "upper"
     )]
-    mountpoint: Option<PathBuf>,
-    /// The upper layer directory (instead of a mount point).
+    target: Option<String>,
+    /// The upper layer directory (instead of a container or mount point).
     #[arg(long, value_name = "DIR")]
     upper: Option<PathBuf>,
     /// The lower layers under --upper, top-most first, separated by ':'.
@@ -39,26 +41,6 @@ pub struct DiffArgs {
     /// Print a JSON array instead of lines.
     #[arg(long)]
     json: bool,
-}
-
-/// The upper and lower layers of the mount at `mountpoint`, from its daemon's record.
-fn layers_of_mount(mountpoint: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
-    let canonical =
-        std::fs::canonicalize(mountpoint).with_context(|| format!("{}", mountpoint.display()))?;
-    let Some(rec) = mount::mount_record(&canonical) else {
-        bail!(
-            "{}: no ufsd daemon is recorded for this mount point (not a ufsd mount, or \
-             mounted by another user); use --upper and --lower for layer directories",
-            canonical.display()
-        );
-    };
-    let Some(upper) = rec.upper else {
-        bail!(
-            "{}: mounted without an upper layer, so nothing can have changed",
-            canonical.display()
-        );
-    };
-    Ok((upper, rec.lowers))
 }
 
 fn print(changes: &[Change], json: bool) -> io::Result<()> {
@@ -72,19 +54,19 @@ fn print(changes: &[Change], json: bool) -> io::Result<()> {
     out.flush()
 }
 
-pub fn run(a: DiffArgs) -> Result<ExitCode> {
-    let (upper, lowers) = match (&a.mountpoint, &a.upper) {
-        (Some(m), _) => layers_of_mount(m)?,
-        (None, Some(u)) => (
-            u.clone(),
-            a.lower
-                .as_deref()
-                .map(super::mount::split_lowers)
-                .unwrap_or_default(),
-        ),
-        (None, None) => bail!("give a mount point, or --upper"),
+pub fn run(a: DiffArgs, root: Result<PathBuf>) -> Result<ExitCode> {
+    let target = match (&a.target, a.upper) {
+        (Some(t), _) => {
+            let store = match root {
+                Ok(r) if !crate::container::looks_like_path(t) => subject::existing_store(&r)?,
+                _ => None,
+            };
+            subject::resolve(t, store.as_ref())?
+        }
+        (None, Some(u)) => subject::from_dirs(u, a.lower.as_deref()),
+        (None, None) => bail!("give a container, a mount point, or --upper"),
     };
-    let changes = diff::diff(&upper, &lowers)?;
+    let changes = diff::diff(&target.upper, &target.lowers)?;
     match print(&changes, a.json) {
         // A reader that stopped early (`| head`) is not an error.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),

@@ -2,11 +2,15 @@
 //! and calls one library function; `main` turns errors into one line on stderr and a
 //! non-zero exit.
 
+mod commit;
+mod containers;
+mod control;
 mod diff;
 mod explain;
 mod images;
 mod layers;
 mod mount;
+mod subject;
 mod svg;
 mod table;
 mod target;
@@ -27,6 +31,7 @@ use crate::sys;
     version,
     about = "A userspace union filesystem: stack read-only layers under one writable layer",
     after_help = "Examples:\n  ufsd mount --lower /srv/layers/2:/srv/layers/1 --upper /srv/up --work /srv/work /mnt/merged\n  \
+                  ufsd mount base:latest /mnt/c       # a container of an image; ufsd commit, ps, rm\n  \
                   ufsd images                         # the images of the store (--root DIR or UFSD_ROOT)\n  \
                   ufsd explain /mnt/merged/etc/passwd # which layer a path comes from, and why\n  \
                   ufsd layers app:v1                  # what each layer adds, removes and wastes\n\n\
@@ -50,6 +55,10 @@ enum Command {
     Mount(mount::MountArgs),
     Umount(umount::UmountArgs),
     Diff(diff::DiffArgs),
+    Commit(commit::CommitArgs),
+    Ps(containers::PsArgs),
+    Rm(containers::RmArgs),
+    Control(control::ControlArgs),
     Images(images::ImagesArgs),
     Tag(images::TagArgs),
     Rmi(images::RmiArgs),
@@ -152,9 +161,13 @@ pub fn main() -> ExitCode {
         init_logging(cli.verbose);
         let root = || store_root(cli.root.clone());
         match cli.command {
-            Command::Mount(a) => mount::run(a),
+            Command::Mount(a) => mount::run(a, root),
             Command::Umount(a) => umount::run(a),
-            Command::Diff(a) => diff::run(a),
+            Command::Diff(a) => diff::run(a, root()),
+            Command::Commit(a) => root().and_then(|r| commit::run(&r, a)),
+            Command::Ps(a) => root().and_then(|r| containers::ps(&r, a)),
+            Command::Rm(a) => root().and_then(|r| containers::rm(&r, a)),
+            Command::Control(a) => control::run(a),
             Command::Images(a) => root().and_then(|r| images::images(&r, a)),
             Command::Tag(a) => root().and_then(|r| images::tag(&r, a)),
             Command::Rmi(a) => root().and_then(|r| images::rmi(&r, a)),

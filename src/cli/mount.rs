@@ -1,24 +1,33 @@
-//! `ufsd mount`, and the `mount.fuse3` helper form `ufsd SOURCE MOUNTPOINT -o OPTIONS`.
+//! `ufsd mount`: a directory stack (`--lower`), a new container of an image
+//! (`ufsd mount IMAGE MOUNTPOINT`) or an existing container (`--container NAME`); and the
+//! `mount.fuse3` helper form `ufsd SOURCE MOUNTPOINT -o OPTIONS`.
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::container::{self, Container};
+use crate::image::store::{Image, Store};
 use crate::mount::options::MountOptions;
 use crate::mount::{self, MountConfig};
 use crate::sys::process::{self, Forked};
 
-/// Mount a union of layer directories.
+/// Mount a union of layer directories, or an image as a new container.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     ufsd mount --lower /srv/l2:/srv/l1 /mnt/ro              # read-only view of two layers\n  \
     ufsd mount --lower /srv/l1 --upper /srv/u --work /srv/w /mnt/rw\n  \
+    ufsd mount base:latest /mnt/c                           # a new container; prints its name\n  \
+    ufsd mount --container 3f2a9c1b5e7d /mnt/c              # mount an existing container again\n  \
     ufsd umount /mnt/rw\n\n\
     The leftmost lower layer is the top-most, as in overlayfs lowerdir=.\n\
+    A container's upper and work directories live in the image store (--root).\n\
     Mounting needs root (or fusermount3 for a user mount); a root mount is open to every\n\
     user with modes enforced by the kernel.")]
 pub struct MountArgs {
@@ -42,8 +51,16 @@ pub struct MountArgs {
     /// Where the background daemon writes its log (otherwise it is discarded).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
-    /// Where to mount.
-    mountpoint: PathBuf,
+    /// An existing container to mount again (name or unique prefix); the mount point
+    /// defaults to where it was last mounted.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["lower", "upper", "work", "name"])]
+    container: Option<String>,
+    /// The name of the new container (default: 12 random hex digits).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// IMAGE MOUNTPOINT for a new container of an image, or MOUNTPOINT alone.
+    #[arg(value_name = "[IMAGE] MOUNTPOINT", num_args = 0..=2)]
+    positionals: Vec<PathBuf>,
 }
 
 /// Splits a `--lower` value on ':'.
@@ -95,12 +112,185 @@ fn config_from(
     Ok(cfg)
 }
 
-pub fn run(a: MountArgs) -> Result<ExitCode> {
+pub fn run(a: MountArgs, root: impl FnOnce() -> Result<PathBuf>) -> Result<ExitCode> {
+    let mut pos = a.positionals.clone();
+    if let Some(c) = &a.container {
+        let mnt = match pos.as_slice() {
+            [] => None,
+            [m] => Some(m.clone()),
+            _ => bail!("--container takes one MOUNTPOINT"),
+        };
+        return mount_container(a.clone_flags(), &root()?, c, mnt);
+    }
+    let mountpoint = pos.pop().context("give a MOUNTPOINT")?;
+    if let Some(image) = pos.pop() {
+        if a.lower.is_some() || a.upper.is_some() || a.work.is_some() {
+            bail!(
+                "ufsd mount IMAGE MOUNTPOINT makes a container: --lower, --upper and --work do not apply"
+            );
+        }
+        if image.is_absolute() && image.is_dir() {
+            bail!(
+                "{} is a directory, not an image: layer directories go in --lower (ufsd mount --lower {} MOUNTPOINT)",
+                image.display(),
+                image.display()
+            );
+        }
+        let image = image
+            .to_str()
+            .with_context(|| format!("image name {} is not UTF-8", image.display()))?
+            .to_string();
+        return create_container(
+            a.clone_flags(),
+            &root()?,
+            &image,
+            a.name.as_deref(),
+            mountpoint,
+        );
+    }
+    if a.name.is_some() {
+        bail!("--name names a new container: ufsd mount --name NAME IMAGE MOUNTPOINT");
+    }
     let lowers = a.lower.as_deref().map(split_lowers).unwrap_or_default();
-    let mut cfg = config_from(lowers, a.upper, a.work, &a.options, a.mountpoint)?;
+    let mut cfg = config_from(lowers, a.upper, a.work, &a.options, mountpoint)?;
     cfg.foreground = a.foreground;
     cfg.log_file = a.log_file;
     start(cfg)
+}
+
+/// The options of a container mount.
+struct Flags {
+    options: Vec<String>,
+    foreground: bool,
+    log_file: Option<PathBuf>,
+}
+
+impl MountArgs {
+    fn clone_flags(&self) -> Flags {
+        Flags {
+            options: self.options.clone(),
+            foreground: self.foreground,
+            log_file: self.log_file.clone(),
+        }
+    }
+}
+
+/// The mount configuration of container `c` at `mountpoint`.
+fn container_config(
+    store: &Store,
+    c: &mut Container,
+    image: &Image,
+    flags: &Flags,
+    mountpoint: PathBuf,
+) -> Result<MountConfig> {
+    let layered = ["lowerdir=", "upperdir=", "workdir="];
+    if let Some(o) = flags
+        .options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .find(|o| layered.iter().any(|l| o.starts_with(l)))
+    {
+        bail!("-o {o}: a container's layers come from its image and the store");
+    }
+    let lowers = {
+        // A spinner on a terminal while layers are extracted (the first mount of an image).
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} extracting layers {bytes} ({bytes_per_sec})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar
+        });
+        let lowers = container::image_lowers_with_progress(store, image, c, &|n| {
+            if let Some(b) = &bar {
+                b.set_position(n);
+            }
+        });
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        lowers?
+    };
+    let mut cfg = config_from(
+        lowers,
+        Some(c.upper()),
+        Some(c.work()),
+        &flags.options,
+        mountpoint,
+    )?;
+    if cfg.read_only {
+        bail!(
+            "a container mount is writable; mount its image's layers with --lower for a read-only view"
+        );
+    }
+    cfg.foreground = flags.foreground;
+    cfg.log_file = flags.log_file.clone();
+    cfg.hold_lock = Some(c.lock_path());
+    let cfg = mount::validate(&cfg)?;
+    container::set_mountpoint(store, c, &cfg.mountpoint)?;
+    Ok(cfg)
+}
+
+/// `ufsd mount IMAGE MOUNTPOINT`: a new container, removed again if it cannot be mounted.
+fn create_container(
+    flags: Flags,
+    root: &std::path::Path,
+    image_name: &str,
+    name: Option<&str>,
+    mountpoint: PathBuf,
+) -> Result<ExitCode> {
+    let store = Store::open(root)?;
+    let image = store.resolve(image_name)?;
+    let mut c = container::create(&store, &image, image_name, name)?;
+    let cfg = container_config(&store, &mut c, &image, &flags, mountpoint);
+    let result = cfg.and_then(|cfg| start_announced(cfg, c.name()));
+    if result.is_err() {
+        let _ = store.remove_container_record(c.name());
+    }
+    result
+}
+
+/// `ufsd mount --container NAME [MOUNTPOINT]`.
+fn mount_container(
+    flags: Flags,
+    root: &std::path::Path,
+    input: &str,
+    mountpoint: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let store = Store::open(root)?;
+    let mut c = container::find(&store, input)?;
+    if c.is_mounted() {
+        bail!(
+            "container {} is mounted already at {}",
+            c.name(),
+            c.mountpoint().unwrap_or_default().display()
+        );
+    }
+    let Some(mountpoint) = mountpoint.or_else(|| c.mountpoint()) else {
+        bail!(
+            "container {} has never been mounted: give a MOUNTPOINT",
+            c.name()
+        );
+    };
+    let image = store.resolve(&c.record.image)?;
+    let cfg = container_config(&store, &mut c, &image, &flags, mountpoint)?;
+    let name = c.name().to_string();
+    start_announced(cfg, &name)
+}
+
+/// Mounts and prints the container's name once the mount is live (before serving, in the
+/// foreground).
+fn start_announced(cfg: MountConfig, name: &str) -> Result<ExitCode> {
+    if cfg.foreground {
+        println!("{name}");
+        return start(cfg);
+    }
+    let code = start(cfg)?;
+    println!("{name}");
+    Ok(code)
 }
 
 /// Checks the request, then mounts in the foreground or in a forked daemon.

@@ -3,6 +3,7 @@
 //! mount. The FUSE adapter in [`crate::fuse`] only converts and replies.
 
 mod copyup;
+pub mod gate;
 pub mod handle;
 mod index;
 pub mod inode;

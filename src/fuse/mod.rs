@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,7 @@ use fuser::{
 };
 use log::{debug, info, warn};
 
+use crate::fs::gate::WriteGate;
 use crate::fs::{Attr, Caller, NewObject, SetAttr, UnionFs};
 use crate::layer::FileKind;
 use crate::sys;
@@ -39,6 +41,8 @@ pub struct FuseAdapter {
     /// One backing id per inode while it has open handles: the kernel allows a single
     /// backing file per inode at a time.
     backing: DashMap<u64, Backing>,
+    /// Held by every request that changes the upper layer, so that writes can be paused.
+    gate: Arc<WriteGate>,
 }
 
 /// A passthrough backing file registered with the kernel for one inode.
@@ -57,7 +61,14 @@ impl FuseAdapter {
             want_passthrough,
             passthrough: AtomicBool::new(false),
             backing: DashMap::new(),
+            gate: Arc::new(WriteGate::new()),
         }
+    }
+
+    /// Uses `gate` (shared with the mount's control socket) for pausing writes.
+    pub fn with_gate(mut self, gate: Arc<WriteGate>) -> FuseAdapter {
+        self.gate = gate;
+        self
     }
 
     /// The backing file of `ino` for one more open: the one it has, or `file` registered
@@ -292,6 +303,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let _pass = writes.then(|| self.gate.enter());
         let needs_upper = writes || self.fs.is_copied_up(ino.0);
         if needs_upper && self.passthrough() && self.lower_backing_in_use(ino.0) {
             // The kernel allows one backing file per inode, and this one is the lower file,
@@ -349,6 +361,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _pass = self.gate.enter();
         let caller = caller(req);
         let (attr, opened) = match self.fs.create(parent.0, name, mode & !umask, flags, caller) {
             Ok(r) => r,
@@ -382,6 +395,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _pass = self.gate.enter();
         let obj = NewObject::Node {
             mode: mode & !umask,
             rdev: u64::from(rdev),
@@ -401,6 +415,7 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _pass = self.gate.enter();
         let obj = NewObject::Dir {
             mode: mode & !umask,
         };
@@ -418,6 +433,7 @@ impl Filesystem for FuseAdapter {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        let _pass = self.gate.enter();
         let obj = NewObject::Symlink {
             target: target.as_os_str(),
         };
@@ -435,6 +451,7 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _pass = self.gate.enter();
         let r = self.fs.link(ino.0, newparent.0, newname);
         debug!(
             "link ino={} as {newname:?}: {:?}",
@@ -445,10 +462,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _pass = self.gate.enter();
         Self::reply_empty(self.fs.remove(parent.0, name, false), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _pass = self.gate.enter();
         Self::reply_empty(self.fs.remove(parent.0, name, true), reply);
     }
 
@@ -462,6 +481,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.gate.enter();
         let r = self
             .fs
             .rename(parent.0, name, newparent.0, newname, flags.bits());
@@ -486,6 +506,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _pass = self.gate.enter();
         let set = SetAttr {
             mode,
             uid,
@@ -513,6 +534,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _pass = self.gate.enter();
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
@@ -562,10 +584,12 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.gate.enter();
         Self::reply_empty(self.fs.setxattr(ino.0, name, value, flags), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _pass = self.gate.enter();
         Self::reply_empty(self.fs.removexattr(ino.0, name), reply);
     }
 
@@ -579,6 +603,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.gate.enter();
         Self::reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
     }
 
@@ -610,6 +635,7 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _pass = self.gate.enter();
         match self
             .fs
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)

@@ -12,6 +12,8 @@
 //!   removes and wastes (`ufsd explain`, `ufsd layers`);
 //! - [`store`]: the OCI image layout on disk, with [`reference`] names and [`rfc3339`] times.
 
+pub mod changes;
+pub mod commit;
 pub mod reference;
 pub mod rfc3339;
 pub mod store;
@@ -61,6 +63,10 @@ pub enum ImageError {
     /// A request refused because of the store's state (in use, ambiguous, ...).
     #[error("{0}")]
     Conflict(String),
+    /// A file of an upper layer changed while it was being read into a layer (a live
+    /// mount writing through FUSE passthrough); reading again may succeed.
+    #[error("{0}: changed while it was being read")]
+    ChangedWhileRead(PathBuf),
 }
 
 impl ImageError {

@@ -7,12 +7,15 @@
 //! daemon records its pid in a runtime file named after the mount point, which is how
 //! `ufsd umount` waits for it to exit.
 
+pub mod control;
 pub mod mountinfo;
 pub mod options;
+mod record;
+
+use record::write_pid_file;
+pub use record::{MountRecord, daemon_pid, mount_record, pid_file};
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -49,6 +52,9 @@ pub struct MountConfig {
     pub log_file: Option<PathBuf>,
     /// Forced whiteout format; `None` picks overlayfs format where mknod is permitted.
     pub whiteout: Option<WhiteoutFormat>,
+    /// A lock file the daemon holds exclusively while it serves (a container's), so that
+    /// one upper layer is never served by two daemons and others can tell it is mounted.
+    pub hold_lock: Option<PathBuf>,
 }
 
 impl MountConfig {
@@ -69,6 +75,7 @@ impl MountConfig {
             foreground: false,
             log_file: None,
             whiteout: None,
+            hold_lock: None,
         }
     }
 }
@@ -257,114 +264,6 @@ fn find_in_path(bin: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The runtime directory holding daemon pid files.
-fn runtime_dir() -> PathBuf {
-    if sys::euid() == 0 {
-        PathBuf::from("/run/ufsd")
-    } else if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
-        PathBuf::from(d).join("ufsd")
-    } else {
-        std::env::temp_dir().join(format!("ufsd-{}", sys::euid()))
-    }
-}
-
-/// FNV-1a, to name a pid file after a mount point of any length.
-fn fnv64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
-/// The pid file of the daemon serving `mountpoint` (canonical).
-pub fn pid_file(mountpoint: &Path) -> PathBuf {
-    runtime_dir().join(format!(
-        "{:016x}.pid",
-        fnv64(mountpoint.as_os_str().as_bytes())
-    ))
-}
-
-/// What a running daemon serves, as recorded in its pid file, so that other commands
-/// (`ufsd diff MOUNTPOINT`, `ufsd umount`) find the layers and the daemon from a mount point.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountRecord {
-    pub pid: i32,
-    pub mountpoint: PathBuf,
-    pub upper: Option<PathBuf>,
-    pub work: Option<PathBuf>,
-    /// Lower layers, top-most first.
-    pub lowers: Vec<PathBuf>,
-}
-
-/// The pid file: the pid on the first line, the mount point on the second (what older
-/// readers and the tests parse), then `key=path` fields each ended by a NUL.
-fn write_pid_file(cfg: &MountConfig) -> std::io::Result<PathBuf> {
-    let path = pid_file(&cfg.mountpoint);
-    fs::create_dir_all(runtime_dir())?;
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp)?;
-    writeln!(f, "{}", process::pid())?;
-    f.write_all(cfg.mountpoint.as_os_str().as_bytes())?;
-    f.write_all(b"\n")?;
-    let fields = cfg
-        .upper
-        .iter()
-        .map(|u| ("upper", u))
-        .chain(cfg.work.iter().map(|w| ("work", w)))
-        .chain(cfg.lowers.iter().map(|l| ("lower", l)));
-    for (key, p) in fields {
-        f.write_all(key.as_bytes())?;
-        f.write_all(b"=")?;
-        f.write_all(p.as_os_str().as_bytes())?;
-        f.write_all(b"\0")?;
-    }
-    drop(f);
-    fs::rename(&tmp, &path)?;
-    Ok(path)
-}
-
-/// The record of the daemon serving `mountpoint` (canonical), if its pid file names it.
-pub fn mount_record(mountpoint: &Path) -> Option<MountRecord> {
-    use std::os::unix::ffi::OsStringExt;
-    let text = fs::read(pid_file(mountpoint)).ok()?;
-    let mut lines = text.splitn(3, |b| *b == b'\n');
-    let pid = std::str::from_utf8(lines.next()?)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    if lines.next()? != mountpoint.as_os_str().as_bytes() {
-        return None;
-    }
-    let mut rec = MountRecord {
-        pid,
-        mountpoint: mountpoint.to_path_buf(),
-        upper: None,
-        work: None,
-        lowers: Vec::new(),
-    };
-    for field in lines.next().unwrap_or_default().split(|b| *b == 0) {
-        let Some(eq) = field.iter().position(|b| *b == b'=') else {
-            continue;
-        };
-        let p = PathBuf::from(std::ffi::OsString::from_vec(field[eq + 1..].to_vec()));
-        match &field[..eq] {
-            b"upper" => rec.upper = Some(p),
-            b"work" => rec.work = Some(p),
-            b"lower" => rec.lowers.push(p),
-            _ => {}
-        }
-    }
-    Some(rec)
-}
-
-/// The daemon pid recorded for `mountpoint`.
-pub fn daemon_pid(mountpoint: &Path) -> Option<i32> {
-    mount_record(mountpoint).map(|r| r.pid)
-}
-
 fn fuse_config(cfg: &MountConfig) -> Config {
     let mut opts = vec![
         MountOption::FSName(cfg.fsname.clone().unwrap_or_else(|| FS_SUBTYPE.to_string())),
@@ -425,7 +324,20 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
         path: cfg.mountpoint.clone(),
         source,
     };
+    let gate = std::sync::Arc::new(crate::fs::gate::WriteGate::new());
     let started = (|| {
+        let held = match &cfg.hold_lock {
+            Some(p) => match sys::lock::FileLock::try_lock(p, sys::lock::LockKind::Exclusive)? {
+                Some(l) => Some(l),
+                None => {
+                    return Err(std::io::Error::other(format!(
+                        "{} is in use: another daemon serves this container",
+                        p.display()
+                    )));
+                }
+            },
+            None => None,
+        };
         sys::raise_nofile_limit();
         sys::set_umask(0);
         let stack = LayerStack::open(cfg.upper.as_deref(), &cfg.lowers)?;
@@ -442,11 +354,12 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
             fs,
             CachePolicy { ttl: cfg.ttl },
             cfg.passthrough && sys::may_passthrough(),
-        );
+        )
+        .with_gate(gate.clone());
         let session = Session::new(adapter, &cfg.mountpoint, &fuse_config(cfg))?;
-        Ok::<_, std::io::Error>(session)
+        Ok::<_, std::io::Error>((session, held))
     })();
-    let mut session = match started {
+    let (mut session, _held) = match started {
         Ok(s) => s,
         Err(e) => {
             let err = mount_err(e);
@@ -471,6 +384,14 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
     process::stop_on_signals(move || {
         let _ = unmounter.unmount();
     });
+    // After the signal mask is set, so that its threads inherit it.
+    let _control = match control::ControlServer::start(&cfg.mountpoint, gate, sys::euid()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!("no control socket (commit cannot pause this mount): {e}");
+            None
+        }
+    };
     if let Some(n) = notify {
         n.ready();
     }
@@ -556,28 +477,4 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), MountError> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_records_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = MountConfig::new(
-            vec![PathBuf::from("/l/top"), PathBuf::from("/l/with\nnewline")],
-            dir.path().join("mnt"),
-        );
-        cfg.upper = Some(PathBuf::from("/u"));
-        cfg.work = Some(PathBuf::from("/w"));
-        let written = write_pid_file(&cfg).unwrap();
-        let rec = mount_record(&cfg.mountpoint).unwrap();
-        let _ = fs::remove_file(written);
-        assert_eq!(rec.pid, process::pid());
-        assert_eq!(rec.upper, cfg.upper);
-        assert_eq!(rec.work, cfg.work);
-        assert_eq!(rec.lowers, cfg.lowers);
-        assert!(mount_record(Path::new("/nowhere")).is_none());
-    }
 }

@@ -205,6 +205,7 @@ fn rmi_untags_refuses_while_used_and_collects_garbage() {
             name: "web".into(),
             image: f.app.to_string(),
             created: None,
+            ..Default::default()
         })
         .unwrap();
     let before = snapshot(&f.root);

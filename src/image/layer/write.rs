@@ -391,20 +391,23 @@ impl<W: Write> Writer<'_, W> {
             FileKind::Regular => {
                 h.size = st.st_size.max(0) as u64;
                 self.header(&h)?;
-                self.data(dir, rel, &e.name, h.size)
+                self.data(dir, rel, &e.name, &st)
             }
             _ => self.header(&h),
         }
     }
 
-    /// Copies `size` bytes of a regular file, then the padding.
+    /// Copies the data of a regular file listed with `listed`, then the padding. A file
+    /// that is not the same unchanged file after the read is
+    /// [`ImageError::ChangedWhileRead`].
     fn data(
         &mut self,
         dir: BorrowedFd<'_>,
         rel: &[u8],
         name: &OsStr,
-        size: u64,
+        listed: &Stat,
     ) -> ImageResult<()> {
+        let size = listed.st_size.max(0) as u64;
         self.stats.files += 1;
         if !self.refused.is_empty() {
             return Ok(());
@@ -419,10 +422,7 @@ impl<W: Write> Writer<'_, W> {
             let n = match file.read(&mut buf[..want]) {
                 Ok(0) => {
                     self.buf = buf;
-                    return Err(ImageError::Invalid(format!(
-                        "{}: shrank while being read ({size} bytes expected)",
-                        self.path(rel).display()
-                    )));
+                    return Err(ImageError::ChangedWhileRead(self.path(rel)));
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -439,6 +439,28 @@ impl<W: Write> Writer<'_, W> {
             left -= n as u64;
         }
         self.buf = buf;
+        let after =
+            sys::stat_fd(file.as_fd()).map_err(|e| ImageError::sys("stat", self.path(rel), e))?;
+        let same = |a: &Stat, b: &Stat| {
+            (
+                a.st_ino,
+                a.st_size,
+                a.st_mtime,
+                a.st_mtime_nsec,
+                a.st_ctime,
+                a.st_ctime_nsec,
+            ) == (
+                b.st_ino,
+                b.st_size,
+                b.st_mtime,
+                b.st_mtime_nsec,
+                b.st_ctime,
+                b.st_ctime_nsec,
+            )
+        };
+        if !same(listed, &after) {
+            return Err(ImageError::ChangedWhileRead(self.path(rel)));
+        }
         self.stats.data_bytes += size;
         self.write(&[0u8; BLOCK][..padding(size)])
     }

@@ -20,6 +20,11 @@ pub(super) fn digest_of(hasher: Sha256) -> Digest {
     Digest::try_from(format!("sha256:{hex}")).unwrap_or_else(|_| unreachable!())
 }
 
+/// `sha256:<hex>` of a finished hasher (for callers that hash a stream themselves).
+pub fn digest_from_hasher(hasher: Sha256) -> Digest {
+    digest_of(hasher)
+}
+
 /// The digest of a byte string.
 pub fn sha256_digest(bytes: &[u8]) -> Digest {
     let mut h = Sha256::new();

@@ -19,7 +19,7 @@ use crate::image::{ImageError, ImageResult};
 use crate::sys::lock::LockKind;
 
 /// What `containers/<name>/container.json` holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
     /// The container's name, also its directory's name.
     pub name: String,
@@ -28,6 +28,12 @@ pub struct ContainerRecord {
     /// When the container was created (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
+    /// The image as the user named it (`base:latest`), for display.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+    /// Where the container was last mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mountpoint: Option<String>,
 }
 
 /// A container name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, as docker allows.
@@ -76,6 +82,20 @@ impl Store {
         mkdir(&dir, 0o700)?;
         self.write_atomic(&path, &canonical_json(record)?)?;
         Ok(path)
+    }
+
+    /// Rewrites the record of an existing container (its mount point changed, say).
+    pub fn update_container_record(&self, record: &ContainerRecord) -> ImageResult<()> {
+        let dir = self.container_dir(&record.name)?;
+        let _lock = self.lock(LockKind::Exclusive)?;
+        let path = dir.join("container.json");
+        if !path.exists() {
+            return Err(ImageError::Invalid(format!(
+                "no such container: {}",
+                record.name
+            )));
+        }
+        self.write_atomic(&path, &canonical_json(record)?)
     }
 
     /// Removes a container's record and directory; its image may then be removed.

@@ -50,7 +50,7 @@ use serde::Serialize;
 use super::{ImageError, ImageResult};
 use crate::sys::lock::{FileLock, LockKind};
 
-pub use blob::{BlobReader, Verify, sha256_digest};
+pub use blob::{BlobReader, Verify, digest_from_hasher, sha256_digest};
 pub use containers::ContainerRecord;
 pub use index::{Image, ImageId, ImageSummary, Layer, split_ref_name};
 pub use layers::LayerReader;

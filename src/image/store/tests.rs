@@ -290,6 +290,7 @@ fn removal_follows_the_rules_and_collects_garbage() {
             name: "web".into(),
             image: child.to_string(),
             created: None,
+            ..Default::default()
         })
         .unwrap();
     let e = store.remove_image("child", false).unwrap_err().to_string();
@@ -467,6 +468,7 @@ fn container_records_need_a_known_image_and_a_new_name() {
         name: name.into(),
         image,
         created: None,
+        ..Default::default()
     };
     let unknown = format!("sha256:{}", "0".repeat(64));
     let e = store
