@@ -4,7 +4,9 @@
 
 mod diff;
 mod images;
+mod import;
 mod mount;
+mod progress;
 mod table;
 mod umount;
 
@@ -49,6 +51,7 @@ enum Command {
     Rmi(images::RmiArgs),
     History(images::HistoryArgs),
     Inspect(images::InspectArgs),
+    Import(import::ImportArgs),
 }
 
 /// Whether `name` is one of the subcommands (or `help`).
@@ -152,6 +155,7 @@ pub fn main() -> ExitCode {
             Command::Rmi(a) => root().and_then(|r| images::rmi(&r, a)),
             Command::History(a) => root().and_then(|r| images::history(&r, a)),
             Command::Inspect(a) => root().and_then(|r| images::inspect(&r, a)),
+            Command::Import(a) => root().and_then(|r| import::run(&r, a)),
         }
     };
     match result {

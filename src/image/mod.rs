@@ -19,9 +19,11 @@ use thiserror::Error;
 
 use crate::sys::Errno;
 
+pub mod changes;
 pub mod diff;
 pub mod layer;
 mod lower;
+pub mod transfer;
 mod upper;
 
 /// An error of an offline image operation, naming what it was doing and on which path.
