@@ -3,9 +3,11 @@
 //! non-zero exit.
 
 mod diff;
+mod export;
 mod images;
 mod import;
 mod mount;
+mod output;
 mod progress;
 mod table;
 mod umount;
@@ -52,6 +54,7 @@ enum Command {
     History(images::HistoryArgs),
     Inspect(images::InspectArgs),
     Import(import::ImportArgs),
+    Export(export::ExportArgs),
 }
 
 /// Whether `name` is one of the subcommands (or `help`).
@@ -156,6 +159,7 @@ pub fn main() -> ExitCode {
             Command::History(a) => root().and_then(|r| images::history(&r, a)),
             Command::Inspect(a) => root().and_then(|r| images::inspect(&r, a)),
             Command::Import(a) => root().and_then(|r| import::run(&r, a)),
+            Command::Export(a) => root().and_then(|r| export::run(&r, a)),
         }
     };
     match result {
