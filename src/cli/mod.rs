@@ -9,6 +9,7 @@ mod import;
 mod mount;
 mod output;
 mod progress;
+mod save;
 mod table;
 mod umount;
 
@@ -55,6 +56,7 @@ enum Command {
     Inspect(images::InspectArgs),
     Import(import::ImportArgs),
     Export(export::ExportArgs),
+    Save(save::SaveArgs),
 }
 
 /// Whether `name` is one of the subcommands (or `help`).
@@ -160,6 +162,7 @@ pub fn main() -> ExitCode {
             Command::Inspect(a) => root().and_then(|r| images::inspect(&r, a)),
             Command::Import(a) => root().and_then(|r| import::run(&r, a)),
             Command::Export(a) => root().and_then(|r| export::run(&r, a)),
+            Command::Save(a) => root().and_then(|r| save::run(&r, a)),
         }
     };
     match result {
