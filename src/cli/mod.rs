@@ -6,6 +6,7 @@ mod diff;
 mod export;
 mod images;
 mod import;
+mod load;
 mod mount;
 mod output;
 mod progress;
@@ -57,6 +58,7 @@ enum Command {
     Import(import::ImportArgs),
     Export(export::ExportArgs),
     Save(save::SaveArgs),
+    Load(load::LoadArgs),
 }
 
 /// Whether `name` is one of the subcommands (or `help`).
@@ -163,6 +165,7 @@ pub fn main() -> ExitCode {
             Command::Import(a) => root().and_then(|r| import::run(&r, a)),
             Command::Export(a) => root().and_then(|r| export::run(&r, a)),
             Command::Save(a) => root().and_then(|r| save::run(&r, a)),
+            Command::Load(a) => root().and_then(|r| load::run(&r, a)),
         }
     };
     match result {

@@ -106,6 +106,8 @@ pub fn import(
     progress: &dyn Progress,
 ) -> ImageResult<ImportReport> {
     let config = new_config(opts)?;
+    // Held throughout: garbage collection would empty tmp/, our scratch space included.
+    let _pin = store.pin()?;
     let scratch = store.scratch_dir("import")?;
     let max = match opts.max_bytes {
         Some(m) => m,
@@ -127,7 +129,6 @@ pub fn import(
     })?;
     progress.end();
 
-    let _pin = store.pin()?;
     progress.begin("writing layer", Some(extracted.data_bytes));
     let (blob, layer, diff_id) = store_layer(store, scratch.path(), &opts.layer, progress)?;
     progress.end();
