@@ -212,7 +212,7 @@ struct Measured {
     diff_id: Digest,
 }
 
-fn measure_layer(path: &Path, progress: &dyn Progress) -> ImageResult<Measured> {
+fn measure_layer(path: &Path, name: &str, progress: &dyn Progress) -> ImageResult<Measured> {
     let f = File::open(path).map_err(ImageError::io("opening", path))?;
     let mut outer = Hashing {
         inner: Counted::new(f, progress),
@@ -222,16 +222,31 @@ fn measure_layer(path: &Path, progress: &dyn Progress) -> ImageResult<Measured> 
     let decoded = MaybeGzip::detect(BufReader::with_capacity(1 << 20, &mut outer))
         .map_err(ImageError::io("reading", path))?;
     let gzip = decoded.is_gzip();
-    let mut inner = Hashing {
-        inner: decoded,
-        hasher: Sha256::new(),
-        bytes: 0,
+    let mut inner = EofWatch {
+        inner: Hashing {
+            inner: decoded,
+            hasher: Sha256::new(),
+            bytes: 0,
+        },
+        eof: false,
     };
-    io::copy(&mut inner, &mut io::sink())
-        .map_err(|e| ImageError::Invalid(format!("layer {}: {e}", path.display())))?;
-    let diff_id = digest_of(inner.hasher);
+    let bad = |e: String| ImageError::Invalid(format!("{name} is corrupt: {e}"));
+    // Walk the tar: a layer the extractor would refuse later is refused now.
+    {
+        let mut ar = tar::Archive::new(&mut inner);
+        for entry in ar.entries().map_err(|e| bad(e.to_string()))? {
+            entry.map_err(|e| bad(format!("not a valid tar: {e}")))?;
+        }
+    }
+    if inner.eof {
+        return Err(bad(
+            "its tar ends without the end-of-archive block (truncated)".to_string(),
+        ));
+    }
+    io::copy(&mut inner, &mut io::sink()).map_err(|e| bad(e.to_string()))?;
+    let diff_id = digest_of(inner.inner.hasher);
     // The decoder may stop before trailing bytes; the blob digest covers them all.
-    drop(inner.inner);
+    drop(inner.inner.inner);
     io::copy(&mut outer, &mut io::sink()).map_err(ImageError::io("reading", path))?;
     Ok(Measured {
         digest: digest_of(outer.hasher),
@@ -525,7 +540,7 @@ fn check_layers(
                 d.digest()
             )));
         }
-        let m = measure_layer(&path, progress)?;
+        let m = measure_layer(&path, &format!("layer blob {}", d.digest()), progress)?;
         if m.digest != *d.digest() {
             return Err(ImageError::Invalid(format!(
                 "layer blob {} is corrupt: its content hashes to {}",
@@ -729,7 +744,7 @@ fn check_docker(layout: &Layout, progress: &dyn Progress) -> ImageResult<Vec<Che
                     "layer {rel} is missing from the archive"
                 )));
             }
-            let m = measure_layer(&path, progress)?;
+            let m = measure_layer(&path, &format!("layer {rel}"), progress)?;
             if m.diff_id.to_string() != *diff_id {
                 return Err(ImageError::Invalid(format!(
                     "layer {rel}: its tar hashes to {}, the config's diff_id is {diff_id}",
