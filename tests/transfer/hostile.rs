@@ -273,7 +273,7 @@ fn load_refuses_missing_and_corrupt_blobs() {
 
     let l = saved_layout(&d.path().join("missing"));
     fs::remove_file(blob_of(&l, &layer)).unwrap();
-    load_refused(&l, &["missing", &layer.to_string()]);
+    load_refused(&l, &["missing", layer.as_ref()]);
 
     let l = saved_layout(&d.path().join("corrupt"));
     let p = blob_of(&l, &layer);
@@ -281,7 +281,7 @@ fn load_refuses_missing_and_corrupt_blobs() {
     let n = b.len();
     b[n - 10] ^= 0x01;
     fs::write(&p, b).unwrap();
-    load_refused(&l, &["corrupt", &layer.to_string()]);
+    load_refused(&l, &["corrupt", layer.as_ref()]);
 
     let l = saved_layout(&d.path().join("config"));
     let config = config_of(&l);
@@ -289,7 +289,7 @@ fn load_refuses_missing_and_corrupt_blobs() {
     let mut b = fs::read(&p).unwrap();
     b[5] ^= 0x01;
     fs::write(&p, b).unwrap();
-    load_refused(&l, &["corrupt", &config.to_string()]);
+    load_refused(&l, &["corrupt", config.as_ref()]);
 
     // The same damage inside a tar of the layout.
     let tar = d.path().join("corrupt.tar");
@@ -303,7 +303,7 @@ fn load_refuses_missing_and_corrupt_blobs() {
             ".",
         ],
     );
-    load_refused(&tar, &["corrupt", &layer.to_string()]);
+    load_refused(&tar, &["corrupt", layer.as_ref()]);
 
     // An invalid tag in index.json.
     let l = saved_layout(&d.path().join("badtag"));
