@@ -395,3 +395,38 @@ fn a_docker_save_archive_loads() {
     // The store stays readable by the OCI tools.
     run("umoci", &["ls", "--layout", root.to_str().unwrap()]);
 }
+
+#[test]
+fn export_of_a_container_is_its_upper_over_its_image() {
+    let d = scratch();
+    let src = rootfs(d.path());
+    let root = d.path().join("store");
+    let tar = d.path().join("in.tar");
+    gnu_tar(&src, &tar, false);
+    ok(ufsd(&root, &["import", tar.to_str().unwrap(), "base"]));
+    let store = ufsd::image::store::Store::open(&root).unwrap();
+    store
+        .create_container_record(&ufsd::image::store::ContainerRecord {
+            name: "web".into(),
+            image: image_id(&root, "base"),
+            created: None,
+        })
+        .unwrap();
+    let dir = store.container_dir("web").unwrap();
+    // Without an upper layer yet: a clear refusal.
+    let out = d.path().join("web.tar");
+    fixture::refused(
+        &ufsd(&root, &["export", "web", "-o", out.to_str().unwrap()]),
+        &["container web", "upper"],
+    );
+    assert!(!out.exists());
+    // An overlayfs-format upper: one file deleted (0/0 device), one added.
+    let up = LayerBuilder::new(&dir.join("upper"), WhiteoutFormat::Overlay);
+    up.whiteout(b"etc/os-release")
+        .file(b"app/log", b"started\n", 0o644);
+    let tree = d.path().join("web");
+    export_tree(&root, "web", &tree);
+    assert_eq!(fs::read(tree.join("app/log")).unwrap(), b"started\n");
+    assert!(!tree.join("etc/os-release").exists());
+    assert_eq!(fs::read(tree.join("bin/sh")).unwrap(), b"#!/bin/true\n");
+}

@@ -44,14 +44,11 @@ pub fn image_lowers(
             dirs.push(extracted);
             continue;
         }
-        progress.begin(
-            &format!("layer {}/{}", i + 1, image.layers.len()),
-            Some(layer.blob.size()),
-        );
+        // Counted in uncompressed bytes, whose total the manifest does not give.
+        progress.begin(&format!("layer {}/{}", i + 1, image.layers.len()), None);
         let dir = store.ensure_layer_extracted(&layer.diff_id, |tmp| {
-            let blob = store.open_layer(layer)?;
-            let mut tar = blob;
-            let r = extract_layer(&mut tar, tmp, &opts);
+            let mut tar = store.open_layer(layer)?;
+            let r = extract_layer(Counted::new(&mut tar, progress), tmp, &opts);
             match r {
                 Ok(_) => tar.finish(),
                 Err(e) => match tar.finish() {

@@ -129,7 +129,7 @@ pub fn import(
     })?;
     progress.end();
 
-    progress.begin("writing layer", Some(extracted.data_bytes));
+    progress.begin("writing layer", None);
     let (blob, layer, diff_id) = store_layer(store, scratch.path(), &opts.layer, progress)?;
     progress.end();
     let id = store.add_image(config, vec![(blob, diff_id.clone())], Some(tag))?;

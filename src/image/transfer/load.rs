@@ -298,6 +298,7 @@ pub fn load(
             }
         }
     };
+    progress.begin("verifying", None);
     let checked = if layout.exists("index.json") {
         check_oci(&layout, progress)?
     } else if layout.exists("manifest.json") {
@@ -309,6 +310,7 @@ pub fn load(
                 .to_string(),
         ));
     };
+    progress.end();
     if checked.is_empty() {
         return Err(ImageError::Invalid("the input holds no image".to_string()));
     }
@@ -768,4 +770,43 @@ fn check_docker(layout: &Layout, progress: &dyn Progress) -> ImageResult<Vec<Che
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_paths_and_links_stay_inside() {
+        assert_eq!(clean("./a//b/"), Some(vec!["a", "b"]));
+        assert_eq!(clean("/abs/x"), Some(vec!["abs", "x"]));
+        assert_eq!(clean("a/../b"), None);
+        assert_eq!(
+            resolve_within("bbb", "../aaa/layer.tar").as_deref(),
+            Some("aaa/layer.tar")
+        );
+        assert_eq!(resolve_within("", "/aaa/x").as_deref(), Some("aaa/x"));
+        assert_eq!(resolve_within("a/b", "../../c").as_deref(), Some("c"));
+        assert_eq!(resolve_within("a", "../../etc/passwd"), None);
+        assert_eq!(resolve_within("", ".."), None);
+    }
+
+    #[test]
+    fn docker_media_types_map_to_oci_ones() {
+        let t = |s: &str| MediaType::Other(s.to_string());
+        assert_eq!(
+            oci_layer_type(&t(DOCKER_LAYER_GZIP)).unwrap(),
+            MediaType::ImageLayerGzip
+        );
+        assert_eq!(
+            oci_layer_type(&t(DOCKER_LAYER_TAR)).unwrap(),
+            MediaType::ImageLayer
+        );
+        assert_eq!(
+            oci_layer_type(&MediaType::ImageLayerZstd)
+                .unwrap_err()
+                .to_string(),
+            "layer media type application/vnd.oci.image.layer.v1.tar+zstd is not supported (tar or tar+gzip)"
+        );
+    }
 }

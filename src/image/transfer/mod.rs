@@ -157,3 +157,43 @@ pub fn available_bytes(path: &std::path::Path) -> ImageResult<u64> {
         .map_err(|e| ImageError::sys("statvfs", path, e))?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(mut r: impl Read) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).map(|_| v)
+    }
+
+    #[test]
+    fn gzip_is_told_by_its_magic() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"hello").unwrap();
+        let gz = gz.finish().unwrap();
+        let d = MaybeGzip::detect(&gz[..]).unwrap();
+        assert!(d.is_gzip());
+        assert_eq!(read_all(d).unwrap(), b"hello");
+        let d = MaybeGzip::detect(&b"plain"[..]).unwrap();
+        assert!(!d.is_gzip());
+        assert_eq!(read_all(d).unwrap(), b"plain");
+        let bad = MaybeGzip::detect(&gz[..gz.len() - 4]).unwrap();
+        assert!(
+            read_all(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("bad gzip stream")
+        );
+    }
+
+    #[test]
+    fn limited_stops_past_its_limit() {
+        assert_eq!(
+            read_all(Limited::new(&[1u8; 10][..], 10)).unwrap().len(),
+            10
+        );
+        let e = read_all(Limited::new(&[1u8; 11][..], 10)).unwrap_err();
+        assert!(e.to_string().contains("more than 10 bytes"), "{e}");
+    }
+}
