@@ -1,7 +1,7 @@
 //! `ufsd import FILE|- NAME[:TAG]`: a rootfs tarball as a one-layer image.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -64,6 +64,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn run(root: &Path, a: ImportArgs) -> Result<ExitCode> {
     let tag = Reference::parse_tag_target(&a.name)?;
     let (input, total): (Box<dyn Read>, Option<u64>) = if a.file.as_os_str() == "-" {
+        if std::io::stdin().is_terminal() {
+            anyhow::bail!("refusing to read a tar from a terminal: pipe one in or give FILE");
+        }
         (Box::new(std::io::stdin().lock()), None)
     } else {
         let f = File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
