@@ -7,9 +7,15 @@ mod containers;
 mod control;
 mod diff;
 mod explain;
+mod export;
 mod images;
+mod import;
 mod layers;
+mod load;
 mod mount;
+mod output;
+mod progress;
+mod save;
 mod subject;
 mod svg;
 mod table;
@@ -66,6 +72,10 @@ enum Command {
     Inspect(images::InspectArgs),
     Explain(explain::ExplainArgs),
     Layers(layers::LayersArgs),
+    Import(import::ImportArgs),
+    Export(export::ExportArgs),
+    Save(save::SaveArgs),
+    Load(load::LoadArgs),
 }
 
 /// Whether `name` is one of the subcommands (or `help`).
@@ -175,6 +185,10 @@ pub fn main() -> ExitCode {
             Command::Inspect(a) => root().and_then(|r| images::inspect(&r, a)),
             Command::Explain(a) => explain::run(a, root),
             Command::Layers(a) => layers::run(a, root),
+            Command::Import(a) => root().and_then(|r| import::run(&r, a)),
+            Command::Export(a) => root().and_then(|r| export::run(&r, a)),
+            Command::Save(a) => root().and_then(|r| save::run(&r, a)),
+            Command::Load(a) => root().and_then(|r| load::run(&r, a)),
         }
     };
     match result {

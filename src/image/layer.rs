@@ -7,12 +7,17 @@
 //!   format, confined to that directory; the caller creates the directory as a temporary
 //!   and renames it into place, so a failed extraction leaves nothing half-visible.
 //!
+//! - [`write_flattened`] writes the merged view of a stack of layer directories (or one
+//!   plain directory) as a single tar, as `docker export` does.
+//!
 //! `header` builds tar headers and PAX records; `path` checks the paths of an archive.
 
 mod extract;
+mod flatten;
 mod header;
 mod path;
 mod write;
 
-pub use extract::{ExtractOptions, ExtractStats, Skipped, extract_layer};
+pub use extract::{ExtractOptions, ExtractStats, Skipped, extract_layer, extract_layer_limited};
+pub use flatten::{FlattenStats, write_flattened};
 pub use write::{LayerOptions, LayerStats, write_layer};

@@ -189,4 +189,16 @@ impl LowerDir {
     pub fn shown(&self) -> &HashMap<OsString, FileKind> {
         &self.shown
     }
+
+    /// The layer whose entry `name` shows here (the top-most holding it; no whiteout is
+    /// above it, or it would not show) and that layer's fd of this directory.
+    pub fn holder(&self, name: &OsStr) -> Option<(usize, std::os::fd::BorrowedFd<'_>)> {
+        if !self.shown.contains_key(name) {
+            return None;
+        }
+        self.layers
+            .iter()
+            .find(|l| matches!(l.held.get(name), Some(Held::Entry(_))))
+            .map(|l| (l.layer, l.fd.as_fd()))
+    }
 }

@@ -30,6 +30,7 @@ pub mod explain;
 pub mod layer;
 pub mod layerset;
 mod lower;
+pub mod transfer;
 mod upper;
 
 /// An error of an offline image operation, naming what it was doing and on which path.

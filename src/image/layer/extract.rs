@@ -106,6 +106,18 @@ pub fn extract_layer(
     dest: &Path,
     opts: &ExtractOptions,
 ) -> ImageResult<ExtractStats> {
+    extract_layer_limited(tar, dest, opts, None)
+}
+
+/// [`extract_layer`], refusing an archive whose files hold more than `max_data_bytes` of
+/// data in all. The check is made before a file is written, from its header, so a sparse
+/// entry claiming a huge size cannot fill the disk with the zeros of its holes.
+pub fn extract_layer_limited(
+    tar: impl Read,
+    dest: &Path,
+    opts: &ExtractOptions,
+    max_data_bytes: Option<u64>,
+) -> ImageResult<ExtractStats> {
     let root = sys::open_root(dest).map_err(ImageError::io("opening", dest))?;
     let existing = sys::read_dir(root.as_fd()).map_err(|e| ImageError::sys("listing", dest, e))?;
     if !existing.is_empty() {
@@ -125,6 +137,7 @@ pub fn extract_layer(
         dirs: HashMap::new(),
         buf: vec![0u8; 1 << 20],
         stats: ExtractStats::default(),
+        max_data_bytes,
     };
     let mut last: Option<Vec<u8>> = None;
     let corrupt = |last: &Option<Vec<u8>>, e: std::io::Error| {
@@ -160,6 +173,7 @@ struct Extractor<'a> {
     dirs: HashMap<Vec<u8>, DirMeta>,
     buf: Vec<u8>,
     stats: ExtractStats,
+    max_data_bytes: Option<u64>,
 }
 
 /// The layer-relative path of components, joined by `/`.
@@ -356,6 +370,15 @@ impl Extractor<'_> {
         let path = || join_rel(self.dest, rel);
         let mut file = File::from(fd);
         let size = e.size();
+        if let Some(max) = self.max_data_bytes
+            && self.stats.data_bytes.saturating_add(size) > max
+        {
+            return Err(ImageError::Invalid(format!(
+                "layer tar: `{}` would bring the data extracted to more than {max} bytes, \
+                 the limit",
+                rel.escape_ascii()
+            )));
+        }
         let mut done: u64 = 0;
         loop {
             let n = match e.read(&mut self.buf) {

@@ -34,6 +34,7 @@
 mod blob;
 mod containers;
 mod index;
+mod ingest;
 mod layers;
 mod remove;
 mod verify;
@@ -53,6 +54,7 @@ use crate::sys::lock::{FileLock, LockKind};
 pub use blob::{BlobReader, Verify, digest_from_hasher, sha256_digest};
 pub use containers::ContainerRecord;
 pub use index::{Image, ImageId, ImageSummary, Layer, split_ref_name};
+pub use ingest::ScratchDir;
 pub use layers::LayerReader;
 pub use remove::{GcReport, RemoveReport};
 pub use verify::VerifyReport;
