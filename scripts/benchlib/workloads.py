@@ -1,0 +1,319 @@
+"""The workloads: one per row of issue 6's table, each run against one mount kind at a
+time on a fresh mount with a fresh upper layer.
+
+A workload function prepares its mount (a warm-up pass for the warm rows), then calls
+`ctx.measure(...)` around exactly the part that is timed; `measure` settles the machine first
+(nothing dirty, memory prefaulted, caches dropped for the cold rows) and counts the FUSE
+requests the timed part sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .fixture import Fixture
+from .mounts import FUSE_KINDS, Mount, Mounter, peak_rss_kib
+from .system import BenchError, rmtree, run, settle, timed
+from .trace import RequestCounter
+
+MIB = 1 << 20
+
+
+@dataclass
+class Sample:
+    value: float  # in the workload's unit
+    requests: Counter | None = None
+    note: str = ""
+
+
+@dataclass
+class Ctx:
+    fx: Fixture
+    mounter: Mounter
+    counter: RequestCounter
+    run_dir: Path
+    probe: Path
+    prefault_mib: int
+    warnings: list[str] = field(default_factory=list)
+
+    def measure(self, m: Mount, cold: bool, fn: Callable[[], float]) -> tuple[float, Counter | None]:
+        """Settles the machine, then runs `fn` (which returns its own measure) while the
+        FUSE requests to `m` are counted."""
+        settle(cold, self.prefault_mib)
+        counting = m.kind in FUSE_KINDS
+        if counting:
+            self.counter.start(m.mnt)
+        try:
+            value = fn()
+        finally:
+            counts = self.counter.stop() if counting else None
+        return value, counts
+
+    def mounted(self, kind: str, lowers: list[Path], fn: Callable[[Mount], Sample], upper: Path | None = None) -> Sample:
+        """Runs `fn` on a fresh mount of `lowers` with a fresh upper, then takes it all down."""
+        base = self.run_dir / kind
+        up, work, mnt = upper or base / "u", base / "w", base / "m"
+        for d in ([work] if upper else [up, work]):
+            rmtree(d)
+        m = self.mounter.mount(kind, lowers, up, work, mnt)
+        try:
+            return fn(m)
+        finally:
+            self.mounter.unmount(m)
+            for d in ([work] if upper else [up, work]):
+                rmtree(d)
+
+    def probe_lstat(self, base: Path, listname: str, rounds: int = 1) -> tuple[float, int, int]:
+        out = run([str(self.probe), "lstat", str(base), str(self.fx.list_file(listname)), str(rounds)],
+                  capture=True).stdout.split()
+        return int(out[0]) / 1e9, int(out[1]), int(out[2])
+
+    def probe_list(self, path: Path) -> tuple[float, int]:
+        out = run([str(self.probe), "list", str(path)], capture=True).stdout.split()
+        return int(out[0]) / 1e9, int(out[1])
+
+    def expect(self, what: str, got: int, want: int, kind: str) -> None:
+        if got != want:
+            msg = f"{kind}: {what}: got {got}, expected {want}"
+            if msg not in self.warnings:
+                self.warnings.append(msg)
+                print(f"bench: WARNING {msg}")
+
+
+@dataclass
+class Workload:
+    key: str
+    label: str
+    unit: str  # "MiB/s", "IOPS", "s", "us/lookup", "MiB"
+    higher_is_better: bool
+    target: str  # as the issue states it, e.g. ">= 0.95x", "<= 20 MiB"
+    run: Callable[[Ctx, str], Sample]
+    kernel_baseline: bool = True  # False: no kernel value (daemon memory)
+
+    def target_ok(self, ratio: float | None, value: float | None) -> bool | None:
+        op, num = self.target.split()[:2]
+        x = float(num.rstrip("x"))
+        v = ratio if self.target.endswith("x") else value
+        if v is None:
+            return None
+        return v >= x if op == ">=" else v <= x
+
+
+# --- data path ----------------------------------------------------------------------------
+
+def _read_all(path: Path) -> int:
+    buf = bytearray(MIB)
+    view = memoryview(buf)
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(view):
+            total += n
+    return total
+
+
+def seq_read(ctx: Ctx, kind: str) -> Sample:
+    def body(m: Mount) -> Sample:
+        f = m.mnt / "b.bin"
+        ctx.expect("seq read warm-up bytes", _read_all(f), ctx.fx.sizes.big_mib * MIB, kind)
+
+        def timed_read() -> float:
+            t0 = time.perf_counter()
+            n = _read_all(f)
+            return n / MIB / (time.perf_counter() - t0)
+        v, c = ctx.measure(m, False, timed_read)
+        return Sample(v, c)
+    return ctx.mounted(kind, ctx.fx.big(), body)
+
+
+def seq_write(ctx: Ctx, kind: str) -> Sample:
+    mib = ctx.fx.sizes.big_mib
+    block = bytes(range(256)) * (MIB // 256)
+
+    def body(m: Mount) -> Sample:
+        def timed_write() -> float:
+            t0 = time.perf_counter()
+            fd = os.open(m.mnt / "w.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                for _ in range(mib):
+                    os.write(fd, block)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return mib / (time.perf_counter() - t0)
+        v, c = ctx.measure(m, False, timed_write)
+        return Sample(v, c)
+    return ctx.mounted(kind, ctx.fx.big(), body)
+
+
+def _fio(path: Path, ios: int) -> float:
+    out = run(["fio", "--name=rand", f"--filename={path}", "--rw=randread", "--bs=4k",
+               "--ioengine=psync", "--readonly", "--invalidate=0", "--randrepeat=1",
+               f"--number_ios={ios}", "--time_based=0", "--output-format=json"], capture=True).stdout
+    job = json.loads(out[out.index("{"):])["jobs"][0]["read"]
+    if job["total_ios"] < ios:
+        raise BenchError(f"fio did {job['total_ios']} reads, asked for {ios}")
+    return float(job["iops"])
+
+
+def rand_read(cold: bool) -> Callable[[Ctx, str], Sample]:
+    def work(ctx: Ctx, kind: str) -> Sample:
+        ios = ctx.fx.sizes.rand_cold_ios if cold else ctx.fx.sizes.rand_warm_ios
+
+        def body(m: Mount) -> Sample:
+            f = m.mnt / "b.bin"
+            if not cold:
+                _read_all(f)
+            v, c = ctx.measure(m, cold, lambda: _fio(f, ios))
+            return Sample(v, c)
+        return ctx.mounted(kind, ctx.fx.big(), body)
+    return work
+
+
+def copy_up(ctx: Ctx, kind: str) -> Sample:
+    _read_all(ctx.fx.big()[0] / "c.bin")  # the lower file warm, for every kind alike
+
+    def body(m: Mount) -> Sample:
+        def first_write() -> float:
+            t0 = time.perf_counter()
+            fd = os.open(m.mnt / "c.bin", os.O_WRONLY)
+            try:
+                os.pwrite(fd, b"x" * 4096, 0)
+            finally:
+                os.close(fd)
+            return time.perf_counter() - t0
+        v, c = ctx.measure(m, False, first_write)
+        size = os.stat(ctx.run_dir / kind / "u" / "c.bin").st_size
+        ctx.expect("copied-up size", size, ctx.fx.sizes.copyup_mib * MIB, kind)
+        return Sample(v, c)
+    return ctx.mounted(kind, ctx.fx.big(), body)
+
+
+# --- metadata -----------------------------------------------------------------------------
+
+def find(cold: bool) -> Callable[[Ctx, str], Sample]:
+    def work(ctx: Ctx, kind: str) -> Sample:
+        def body(m: Mount) -> Sample:
+            if not cold:
+                out = run(["find", str(m.mnt)], capture=True).stdout
+                ctx.expect("find entries", out.count("\n"), ctx.fx.merged_entries + 1, kind)
+            v, c = ctx.measure(m, cold, lambda: timed(["find", str(m.mnt)]))
+            return Sample(v, c)
+        return ctx.mounted(kind, ctx.fx.tree(), body)
+    return work
+
+
+def lstat_all(cold: bool) -> Callable[[Ctx, str], Sample]:
+    def work(ctx: Ctx, kind: str) -> Sample:
+        def body(m: Mount) -> Sample:
+            if not cold:
+                ctx.probe_lstat(m.mnt, "all")
+            found = [0]
+
+            def go() -> float:
+                secs, found[0], _ = ctx.probe_lstat(m.mnt, "all")
+                return secs
+            v, c = ctx.measure(m, cold, go)
+            ctx.expect("lstat found", found[0], ctx.fx.merged_entries, kind)
+            return Sample(v, c)
+        return ctx.mounted(kind, ctx.fx.tree(), body)
+    return work
+
+
+def list_dir(cold: bool) -> Callable[[Ctx, str], Sample]:
+    def work(ctx: Ctx, kind: str) -> Sample:
+        def body(m: Mount) -> Sample:
+            if not cold:
+                ctx.probe_list(m.mnt / "d")
+            entries = [0]
+
+            def go() -> float:
+                secs, entries[0] = ctx.probe_list(m.mnt / "d")
+                return secs
+            v, c = ctx.measure(m, cold, go)
+            ctx.expect("listed entries", entries[0], ctx.fx.sizes.dir_entries + 2, kind)
+            return Sample(v, c)
+        return ctx.mounted(kind, ctx.fx.merged_dir(), body)
+    return work
+
+
+def untar(ctx: Ctx, kind: str) -> Sample:
+    def body(m: Mount) -> Sample:
+        v, c = ctx.measure(m, False, lambda: timed(["tar", "-xf", str(ctx.fx.root / "untar.tar"), "-C", str(m.mnt)]))
+        return Sample(v, c)
+    return ctx.mounted(kind, ctx.fx.tree(), body)
+
+
+def rm_rf(ctx: Ctx, kind: str) -> Sample:
+    for _ in os.walk(ctx.fx.rm_tree()[0]):  # the lower's dentries warm, for every kind alike
+        pass
+
+    def body(m: Mount) -> Sample:
+        v, c = ctx.measure(m, False, lambda: timed(["rm", "-rf", str(m.mnt / "rm")]))
+        ctx.expect("rm left the tree", int(os.path.lexists(m.mnt / "rm")), 0, kind)
+        return Sample(v, c)
+    return ctx.mounted(kind, ctx.fx.rm_tree(), body)
+
+
+def lookups(present: bool, repeated: bool) -> Callable[[Ctx, str], Sample]:
+    listname = "present" if present else "absent"
+
+    def work(ctx: Ctx, kind: str) -> Sample:
+        n = ctx.fx.sizes.lookup_names
+        rounds = ctx.fx.sizes.lookup_rounds if repeated else 1
+        for _ in os.walk(ctx.fx.root / "s"):  # the lowers' dentries warm
+            pass
+
+        def body(m: Mount) -> Sample:
+            if repeated:
+                ctx.probe_lstat(m.mnt, listname)
+            res = [0, 0]
+
+            def go() -> float:
+                secs, res[0], res[1] = ctx.probe_lstat(m.mnt, listname, rounds)
+                return secs
+            secs, c = ctx.measure(m, False, go)
+            ctx.expect(f"{listname} lookups found", res[0], n * rounds if present else 0, kind)
+            return Sample(secs / (n * rounds) * 1e6, c)
+        return ctx.mounted(kind, ctx.fx.deep(), body)
+    return work
+
+
+def peak_rss(ctx: Ctx, kind: str) -> Sample:
+    def body(m: Mount) -> Sample:
+        run(["find", str(m.mnt)])
+        ctx.probe_lstat(m.mnt, "all")
+        return Sample(peak_rss_kib(m.pid) / 1024 if m.pid else 0.0)
+    return ctx.mounted(kind, ctx.fx.tree(), body)
+
+
+WORKLOADS = [
+    Workload("seqread", "sequential read, 1 GiB lower file, warm", "MiB/s", True, ">= 0.95x", seq_read),
+    Workload("seqwrite", "sequential write 1 GiB + fsync", "MiB/s", True, ">= 0.9x", seq_write),
+    Workload("randwarm", "random 4k reads, warm", "IOPS", True, ">= 0.9x", rand_read(False)),
+    Workload("randcold", "random 4k reads, cold", "IOPS", True, ">= 0.9x", rand_read(True)),
+    Workload("findcold", "find over the 5-layer tree, cold", "s", False, "<= 1.5x", find(True)),
+    Workload("findwarm", "find over the 5-layer tree, warm", "s", False, "<= 1.2x", find(False)),
+    Workload("lstatcold", "lstat of every file, cold", "s", False, "<= 1.5x", lstat_all(True)),
+    Workload("lstatwarm", "lstat of every file, warm", "s", False, "<= 1.05x", lstat_all(False)),
+    Workload("listcold", "list a 10k-entry dir merged from 3 layers, cold", "s", False, "<= 2x", list_dir(True)),
+    Workload("listwarm", "list a 10k-entry dir merged from 3 layers, warm", "s", False, "<= 0.15x", list_dir(False)),
+    Workload("untar", "untar 20k small files into the mount", "s", False, "<= 3x", untar),
+    Workload("rmrf", "rm -rf of a 10k-file lower tree", "s", False, "<= 2x", rm_rf),
+    Workload("copyup", "first write to a 256 MiB lower file (copy-up)", "s", False, "<= 1x", copy_up),
+    Workload("lookrep+", "repeated lookups, bottom of 100 layers, present", "us/lookup", False, "<= 0.6x",
+             lookups(True, True)),
+    Workload("lookrep-", "repeated lookups, bottom of 100 layers, absent", "us/lookup", False, "<= 0.8x",
+             lookups(False, True)),
+    Workload("look1+", "first lookups, bottom of 100 layers, present", "us/lookup", False, "<= 0.3x",
+             lookups(True, False)),
+    Workload("look1-", "first lookups, bottom of 100 layers, absent", "us/lookup", False, "<= 0.1x",
+             lookups(False, False)),
+    Workload("rss", "daemon peak RSS after walking the tree", "MiB", False, "<= 20 MiB", peak_rss,
+             kernel_baseline=False),
+]
