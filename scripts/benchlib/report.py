@@ -49,7 +49,8 @@ def ratios(samples: dict[str, list[Sample]], kind: str) -> list[float]:
     return [s.value / k.value for s, k in zip(samples.get(kind, []), samples.get("kernel", [])) if k.value > 0]
 
 
-def workload_rows(results: dict[str, dict[str, list[Sample]]], workloads: list[Workload]) -> list[list[str]]:
+def workload_rows(results: dict[str, dict[str, list[Sample]]], workloads: list[Workload],
+                  words: dict[str, str]) -> list[list[str]]:
     rows = [["workload", "kernel", "ufsd", "fuse-overlayfs", "ufsd / kernel", "f-o / kernel", "target",
              "target met", "ufsd ahead of f-o"]]
     for w in workloads:
@@ -64,13 +65,14 @@ def workload_rows(results: dict[str, dict[str, list[Sample]]], workloads: list[W
         u, f = (r_u, r_f) if w.kernel_baseline else (med.get("ufsd"), med.get("fuse-overlayfs"))
         if u is not None and f is not None and w.key != "copyup":
             ahead = u >= f if w.higher_is_better else u <= f
-        rows.append([w.label, fmt_value(med.get("kernel"), w.unit), fmt_value(med.get("ufsd"), w.unit),
+        rows.append([w.label.format(**words), fmt_value(med.get("kernel"), w.unit), fmt_value(med.get("ufsd"), w.unit),
                      fmt_value(med.get("fuse-overlayfs"), w.unit), fmt_ratio(r_u), fmt_ratio(r_f), w.target,
                      yes_no(met), yes_no(ahead)])
     return rows
 
 
-def tool_rows(tool_results: dict[str, list[tuple[float | str, float]]], tools: list[Tool]) -> list[list[str]]:
+def tool_rows(tool_results: dict[str, list[tuple[float | str, float]]], tools: list[Tool],
+              words: dict[str, str]) -> list[list[str]]:
     rows = [["operation", "ufsd", "baseline", "baseline time", "ratio", "target", "target met"]]
     for t in tools:
         res = tool_results.get(t.key)
@@ -79,11 +81,11 @@ def tool_rows(tool_results: dict[str, list[tuple[float | str, float]]], tools: l
         base = median([b for _, b in res])
         errors = [u for u, _ in res if isinstance(u, str)]
         if errors:
-            rows.append([t.label, errors[0], t.baseline, fmt_value(base, "s"), "—", t.target, "—"])
+            rows.append([t.label.format(**words), errors[0], t.baseline, fmt_value(base, "s"), "—", t.target, "—"])
             continue
         secs = median([u for u, _ in res])
         r = median([u / b for u, b in res if b > 0])
-        rows.append([t.label, fmt_value(secs, "s"), t.baseline, fmt_value(base, "s"), fmt_ratio(r), t.target,
+        rows.append([t.label.format(**words), fmt_value(secs, "s"), t.baseline, fmt_value(base, "s"), fmt_ratio(r), t.target,
                      yes_no(t.target_ok(secs, r))])
     return rows
 
@@ -100,14 +102,15 @@ def _count(n: int) -> str:
     return f"{n / 1000:.1f}k" if n >= 10_000 else str(n)
 
 
-def request_rows(results: dict[str, dict[str, list[Sample]]], workloads: list[Workload]) -> list[list[str]]:
+def request_rows(results: dict[str, dict[str, list[Sample]]], workloads: list[Workload],
+                 words: dict[str, str]) -> list[list[str]]:
     rows = [["workload", "ufsd requests (top opcodes)", "fuse-overlayfs requests (top opcodes)"]]
     for w in workloads:
         samples = results.get(w.key)
         if not samples or w.key == "rss":
             continue
         last = {k: (v[-1].requests if v else None) for k, v in samples.items()}
-        rows.append([w.label, top_ops(last.get("ufsd")), top_ops(last.get("fuse-overlayfs"))])
+        rows.append([w.label.format(**words), top_ops(last.get("ufsd")), top_ops(last.get("fuse-overlayfs"))])
     return rows
 
 

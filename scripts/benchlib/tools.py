@@ -91,11 +91,11 @@ def import_base(ctx: Ctx) -> float:
 
 
 TOOLS = [
-    Tool("diff", "`ufsd diff` of a 100k-entry upper (offline)", "`find UPPER`", "< 1 s", "diff",
+    Tool("diff", "`ufsd diff` of a {diff}-entry upper (offline)", "`find UPPER`", "< 1 s", "diff",
          diff_run, diff_base),
-    Tool("commit", "`ufsd commit` of 1 GiB in 10k files", "`tar -c DIR | sha256sum`", "<= 1.3x", "commit",
+    Tool("commit", "`ufsd commit` of {commit}", "`tar -c DIR | sha256sum`", "<= 1.3x", "commit",
          commit_run, commit_base),
-    Tool("import", "`ufsd import` of the 20k-file tar (layer extraction)", "`tar -x`", "<= 1x", "import",
+    Tool("import", "`ufsd import` of the {untar}-file tar (layer extraction)", "`tar -x`", "<= 1x", "import",
          import_run, import_base),
 ]
 

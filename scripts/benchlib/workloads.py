@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .fixture import Fixture
+from .fixture import Fixture, Sizes
 from .mounts import FUSE_KINDS, Mount, Mounter, peak_rss_kib
 from .system import BenchError, rmtree, run, settle, timed
 from .trace import RequestCounter
@@ -84,6 +84,22 @@ class Ctx:
             if msg not in self.warnings:
                 self.warnings.append(msg)
                 print(f"bench: WARNING {msg}")
+
+
+def _count(n: int) -> str:
+    return f"{n / 1000:.0f}k" if n >= 1000 else str(n)
+
+
+def _mib(n: int) -> str:
+    return f"{n >> 10} GiB" if n >= 1024 and n % 1024 == 0 else f"{n} MiB"
+
+
+def size_words(s: Sizes) -> dict[str, str]:
+    """The fixture sizes as the row labels name them."""
+    return {"tree": _count(s.tree_files), "big": _mib(s.big_mib), "copyup": _mib(s.copyup_mib),
+            "dir": _count(s.dir_entries), "untar": _count(s.untar_files), "rm": _count(s.rm_files),
+            "layers": str(s.deep_layers), "diff": _count(s.diff_entries),
+            "commit": f"{_mib(s.commit_mib)} in {_count(s.commit_files)} files"}
 
 
 @dataclass
@@ -293,27 +309,27 @@ def peak_rss(ctx: Ctx, kind: str) -> Sample:
 
 
 WORKLOADS = [
-    Workload("seqread", "sequential read, 1 GiB lower file, warm", "MiB/s", True, ">= 0.95x", seq_read),
-    Workload("seqwrite", "sequential write 1 GiB + fsync", "MiB/s", True, ">= 0.9x", seq_write),
+    Workload("seqread", "sequential read, {big} lower file, warm", "MiB/s", True, ">= 0.95x", seq_read),
+    Workload("seqwrite", "sequential write {big} + fsync", "MiB/s", True, ">= 0.9x", seq_write),
     Workload("randwarm", "random 4k reads, warm", "IOPS", True, ">= 0.9x", rand_read(False)),
     Workload("randcold", "random 4k reads, cold", "IOPS", True, ">= 0.9x", rand_read(True)),
-    Workload("findcold", "find over the 5-layer tree, cold", "s", False, "<= 1.5x", find(True)),
-    Workload("findwarm", "find over the 5-layer tree, warm", "s", False, "<= 1.2x", find(False)),
-    Workload("lstatcold", "lstat of every file, cold", "s", False, "<= 1.5x", lstat_all(True)),
-    Workload("lstatwarm", "lstat of every file, warm", "s", False, "<= 1.05x", lstat_all(False)),
-    Workload("listcold", "list a 10k-entry dir merged from 3 layers, cold", "s", False, "<= 2x", list_dir(True)),
-    Workload("listwarm", "list a 10k-entry dir merged from 3 layers, warm", "s", False, "<= 0.15x", list_dir(False)),
-    Workload("untar", "untar 20k small files into the mount", "s", False, "<= 3x", untar),
-    Workload("rmrf", "rm -rf of a 10k-file lower tree", "s", False, "<= 2x", rm_rf),
-    Workload("copyup", "first write to a 256 MiB lower file (copy-up)", "s", False, "<= 1x", copy_up),
-    Workload("lookrep+", "repeated lookups, bottom of 100 layers, present", "us/lookup", False, "<= 0.6x",
+    Workload("findcold", "find over {tree} files, cold", "s", False, "<= 1.5x", find(True)),
+    Workload("findwarm", "find over {tree} files, warm", "s", False, "<= 1.2x", find(False)),
+    Workload("lstatcold", "lstat of every file ({tree}), cold", "s", False, "<= 1.5x", lstat_all(True)),
+    Workload("lstatwarm", "lstat of every file ({tree}), warm", "s", False, "<= 1.05x", lstat_all(False)),
+    Workload("listcold", "list a {dir}-entry dir merged from 3 layers, cold", "s", False, "<= 2x", list_dir(True)),
+    Workload("listwarm", "list a {dir}-entry dir merged from 3 layers, warm", "s", False, "<= 0.15x", list_dir(False)),
+    Workload("untar", "untar {untar} small files into the mount", "s", False, "<= 3x", untar),
+    Workload("rmrf", "rm -rf of a {rm}-file lower tree", "s", False, "<= 2x", rm_rf),
+    Workload("copyup", "first write to a {copyup} lower file (copy-up)", "s", False, "<= 1x", copy_up),
+    Workload("lookrep+", "repeated lookups, bottom of {layers} layers, present", "us/lookup", False, "<= 0.6x",
              lookups(True, True)),
-    Workload("lookrep-", "repeated lookups, bottom of 100 layers, absent", "us/lookup", False, "<= 0.8x",
+    Workload("lookrep-", "repeated lookups, bottom of {layers} layers, absent", "us/lookup", False, "<= 0.8x",
              lookups(False, True)),
-    Workload("look1+", "first lookups, bottom of 100 layers, present", "us/lookup", False, "<= 0.3x",
+    Workload("look1+", "first lookups, bottom of {layers} layers, present", "us/lookup", False, "<= 0.3x",
              lookups(True, False)),
-    Workload("look1-", "first lookups, bottom of 100 layers, absent", "us/lookup", False, "<= 0.1x",
+    Workload("look1-", "first lookups, bottom of {layers} layers, absent", "us/lookup", False, "<= 0.1x",
              lookups(False, False)),
-    Workload("rss", "daemon peak RSS after walking the tree", "MiB", False, "<= 20 MiB", peak_rss,
+    Workload("rss", "daemon peak RSS after walking {tree} files", "MiB", False, "<= 20 MiB", peak_rss,
              kernel_baseline=False),
 ]
