@@ -41,7 +41,7 @@ class Sizes:
     dir_entries: int = 10_000
     deep_layers: int = 100
     lookup_names: int = 2_000
-    lookup_rounds: int = 20
+    lookup_rounds: int = 100
     untar_files: int = 20_000
     rm_files: int = 10_000
     diff_entries: int = 100_000

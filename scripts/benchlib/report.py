@@ -78,7 +78,7 @@ def tool_rows(tool_results: dict[str, list[tuple[float | str, float]]], tools: l
         res = tool_results.get(t.key)
         if res is None:
             continue
-        base = median([b for _, b in res])
+        base = median([b for _, b in res if b > 0])
         errors = [u for u, _ in res if isinstance(u, str)]
         if errors:
             rows.append([t.label.format(**words), errors[0], t.baseline, fmt_value(base, "s"), "—", t.target, "—"])
@@ -90,11 +90,11 @@ def tool_rows(tool_results: dict[str, list[tuple[float | str, float]]], tools: l
     return rows
 
 
-def top_ops(c: Counter | None) -> str:
+def top_ops(c: Counter | None, n: int = 4) -> str:
     if c is None:
         return "—"
     total = sum(c.values())
-    parts = [f"{op} {_count(n)}" for op, n in c.most_common(4) if n]
+    parts = [f"{op} {_count(n)}" for op, n in c.most_common(n) if n]
     return f"{_count(total)}" + (f" ({', '.join(parts)})" if parts else "")
 
 
@@ -111,6 +111,18 @@ def request_rows(results: dict[str, dict[str, list[Sample]]], workloads: list[Wo
             continue
         last = {k: (v[-1].requests if v else None) for k, v in samples.items()}
         rows.append([w.label.format(**words), top_ops(last.get("ufsd")), top_ops(last.get("fuse-overlayfs"))])
+    return rows
+
+
+def syscall_rows(results: dict[str, dict[str, list[Sample]]], workloads: list[Workload],
+                 words: dict[str, str]) -> list[list[str]]:
+    rows = [["workload", "ufsd syscalls (top)", "fuse-overlayfs syscalls (top)"]]
+    for w in workloads:
+        samples = results.get(w.key)
+        if not samples or w.key == "rss":
+            continue
+        last = {k: (v[-1].syscalls if v else None) for k, v in samples.items()}
+        rows.append([w.label.format(**words), top_ops(last.get("ufsd"), 6), top_ops(last.get("fuse-overlayfs"), 6)])
     return rows
 
 

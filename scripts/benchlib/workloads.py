@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from .fixture import Fixture, Sizes
 from .mounts import FUSE_KINDS, Mount, Mounter, peak_rss_kib
@@ -23,13 +25,35 @@ from .system import BenchError, rmtree, run, settle, timed
 from .trace import RequestCounter
 
 MIB = 1 << 20
+T = TypeVar("T")
 
 
 @dataclass
 class Sample:
     value: float  # in the workload's unit
     requests: Counter | None = None
-    note: str = ""
+    syscalls: Counter | None = None  # the daemon's, with --strace
+
+
+def start_strace(pid: int, out: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(["strace", "-c", "-f", "-qq", "-o", str(out), "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached to every thread by then
+    return proc
+
+
+def stop_strace(proc: subprocess.Popen, out: Path) -> Counter:
+    """Stops strace and reads its summary: calls per syscall."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait()
+    calls: Counter = Counter()
+    for line in out.read_text().splitlines():
+        cols = line.split()
+        # "% time  seconds  usecs/call  calls  [errors]  syscall"
+        if len(cols) >= 5 and cols[3].isdigit() and cols[-1] != "total":
+            calls[cols[-1]] = int(cols[3])
+    out.unlink()
+    return calls
 
 
 @dataclass
@@ -40,22 +64,26 @@ class Ctx:
     run_dir: Path
     probe: Path
     prefault_mib: int
+    strace: bool = False  # also count the daemon's syscalls (slows the daemon down)
     warnings: list[str] = field(default_factory=list)
 
-    def measure(self, m: Mount, cold: bool, fn: Callable[[], float]) -> tuple[float, Counter | None]:
+    def measure(self, m: Mount, cold: bool, fn: Callable[[], float]) -> Sample:
         """Settles the machine, then runs `fn` (which returns its own measure) while the
-        FUSE requests to `m` are counted."""
+        FUSE requests to `m` are counted (and, with --strace, the daemon's syscalls)."""
         settle(cold, self.prefault_mib)
         counting = m.kind in FUSE_KINDS
+        out = self.run_dir / "strace.txt"
+        tracer = start_strace(m.pid, out) if self.strace and m.pid else None
         if counting:
             self.counter.start(m.mnt)
         try:
             value = fn()
         finally:
             counts = self.counter.stop() if counting else None
-        return value, counts
+            syscalls = stop_strace(tracer, out) if tracer else None
+        return Sample(value, counts, syscalls)
 
-    def mounted(self, kind: str, lowers: list[Path], fn: Callable[[Mount], Sample], upper: Path | None = None) -> Sample:
+    def mounted(self, kind: str, lowers: list[Path], fn: Callable[[Mount], T], upper: Path | None = None) -> T:
         """Runs `fn` on a fresh mount of `lowers` with a fresh upper, then takes it all down."""
         base = self.run_dir / kind
         up, work, mnt = upper or base / "u", base / "w", base / "m"
@@ -109,7 +137,6 @@ class Workload:
     unit: str  # "MiB/s", "IOPS", "s", "us/lookup", "MiB"
     higher_is_better: bool
     target: str  # as the issue states it, e.g. ">= 0.95x", "<= 20 MiB"
-    run: Callable[[Ctx, str], Sample]
     kernel_baseline: bool = True  # False: no kernel value (daemon memory)
 
     def target_ok(self, ratio: float | None, value: float | None) -> bool | None:
@@ -133,21 +160,28 @@ def _read_all(path: Path) -> int:
     return total
 
 
-def seq_read(ctx: Ctx, kind: str) -> Sample:
-    def body(m: Mount) -> Sample:
+def _throughput(path: Path) -> float:
+    t0 = time.perf_counter()
+    n = _read_all(path)
+    return n / MIB / (time.perf_counter() - t0)
+
+
+def data_reads(ctx: Ctx, kind: str) -> dict[str, Sample]:
+    """One mount: random reads cold, then (after one read of the whole file) a sequential
+    read and random reads, both warm."""
+    out = {}
+
+    def body(m: Mount) -> None:
         f = m.mnt / "b.bin"
-        ctx.expect("seq read warm-up bytes", _read_all(f), ctx.fx.sizes.big_mib * MIB, kind)
-
-        def timed_read() -> float:
-            t0 = time.perf_counter()
-            n = _read_all(f)
-            return n / MIB / (time.perf_counter() - t0)
-        v, c = ctx.measure(m, False, timed_read)
-        return Sample(v, c)
-    return ctx.mounted(kind, ctx.fx.big(), body)
+        out["randcold"] = ctx.measure(m, True, lambda: _fio(f, ctx.fx.sizes.rand_cold_ios))
+        ctx.expect("read bytes", _read_all(f), ctx.fx.sizes.big_mib * MIB, kind)
+        out["seqread"] = ctx.measure(m, False, lambda: _throughput(f))
+        out["randwarm"] = ctx.measure(m, False, lambda: _fio(f, ctx.fx.sizes.rand_warm_ios))
+    ctx.mounted(kind, ctx.fx.big(), body)
+    return out
 
 
-def seq_write(ctx: Ctx, kind: str) -> Sample:
+def seq_write(ctx: Ctx, kind: str) -> dict[str, Sample]:
     mib = ctx.fx.sizes.big_mib
     block = bytes(range(256)) * (MIB // 256)
 
@@ -162,9 +196,8 @@ def seq_write(ctx: Ctx, kind: str) -> Sample:
             finally:
                 os.close(fd)
             return mib / (time.perf_counter() - t0)
-        v, c = ctx.measure(m, False, timed_write)
-        return Sample(v, c)
-    return ctx.mounted(kind, ctx.fx.big(), body)
+        return ctx.measure(m, False, timed_write)
+    return {"seqwrite": ctx.mounted(kind, ctx.fx.big(), body)}
 
 
 def _fio(path: Path, ios: int) -> float:
@@ -177,21 +210,7 @@ def _fio(path: Path, ios: int) -> float:
     return float(job["iops"])
 
 
-def rand_read(cold: bool) -> Callable[[Ctx, str], Sample]:
-    def work(ctx: Ctx, kind: str) -> Sample:
-        ios = ctx.fx.sizes.rand_cold_ios if cold else ctx.fx.sizes.rand_warm_ios
-
-        def body(m: Mount) -> Sample:
-            f = m.mnt / "b.bin"
-            if not cold:
-                _read_all(f)
-            v, c = ctx.measure(m, cold, lambda: _fio(f, ios))
-            return Sample(v, c)
-        return ctx.mounted(kind, ctx.fx.big(), body)
-    return work
-
-
-def copy_up(ctx: Ctx, kind: str) -> Sample:
+def copy_up(ctx: Ctx, kind: str) -> dict[str, Sample]:
     _read_all(ctx.fx.big()[0] / "c.bin")  # the lower file warm, for every kind alike
 
     def body(m: Mount) -> Sample:
@@ -203,133 +222,141 @@ def copy_up(ctx: Ctx, kind: str) -> Sample:
             finally:
                 os.close(fd)
             return time.perf_counter() - t0
-        v, c = ctx.measure(m, False, first_write)
+        sample = ctx.measure(m, False, first_write)
         size = os.stat(ctx.run_dir / kind / "u" / "c.bin").st_size
         ctx.expect("copied-up size", size, ctx.fx.sizes.copyup_mib * MIB, kind)
-        return Sample(v, c)
-    return ctx.mounted(kind, ctx.fx.big(), body)
+        return sample
+    return {"copyup": ctx.mounted(kind, ctx.fx.big(), body)}
 
 
 # --- metadata -----------------------------------------------------------------------------
 
-def find(cold: bool) -> Callable[[Ctx, str], Sample]:
-    def work(ctx: Ctx, kind: str) -> Sample:
-        def body(m: Mount) -> Sample:
-            if not cold:
-                out = run(["find", str(m.mnt)], capture=True).stdout
-                ctx.expect("find entries", out.count("\n"), ctx.fx.merged_entries + 1, kind)
-            v, c = ctx.measure(m, cold, lambda: timed(["find", str(m.mnt)]))
-            return Sample(v, c)
-        return ctx.mounted(kind, ctx.fx.tree(), body)
-    return work
+def find(ctx: Ctx, kind: str) -> dict[str, Sample]:
+    """One mount: `find` with every cache dropped, then again with what the first left."""
+    out = {}
+
+    def body(m: Mount) -> None:
+        out["findcold"] = ctx.measure(m, True, lambda: timed(["find", str(m.mnt)]))
+        out["findwarm"] = ctx.measure(m, False, lambda: timed(["find", str(m.mnt)]))
+        found = run(["find", str(m.mnt)], capture=True).stdout.count("\n")
+        ctx.expect("find entries", found, ctx.fx.merged_entries + 1, kind)
+    ctx.mounted(kind, ctx.fx.tree(), body)
+    return out
 
 
-def lstat_all(cold: bool) -> Callable[[Ctx, str], Sample]:
-    def work(ctx: Ctx, kind: str) -> Sample:
-        def body(m: Mount) -> Sample:
-            if not cold:
-                ctx.probe_lstat(m.mnt, "all")
+def lstat_all(ctx: Ctx, kind: str) -> dict[str, Sample]:
+    """One mount: lstat of every path cold, then warm; then `find` and the daemon's peak RSS."""
+    out = {}
+
+    def body(m: Mount) -> None:
+        for key, cold in (("lstatcold", True), ("lstatwarm", False)):
             found = [0]
 
             def go() -> float:
                 secs, found[0], _ = ctx.probe_lstat(m.mnt, "all")
                 return secs
-            v, c = ctx.measure(m, cold, go)
+            out[key] = ctx.measure(m, cold, go)
             ctx.expect("lstat found", found[0], ctx.fx.merged_entries, kind)
-            return Sample(v, c)
-        return ctx.mounted(kind, ctx.fx.tree(), body)
-    return work
+        if m.pid:
+            run(["find", str(m.mnt)])
+            out["rss"] = Sample(peak_rss_kib(m.pid) / 1024)
+    ctx.mounted(kind, ctx.fx.tree(), body)
+    return out
 
 
-def list_dir(cold: bool) -> Callable[[Ctx, str], Sample]:
-    def work(ctx: Ctx, kind: str) -> Sample:
-        def body(m: Mount) -> Sample:
-            if not cold:
-                ctx.probe_list(m.mnt / "d")
+def list_dir(ctx: Ctx, kind: str) -> dict[str, Sample]:
+    """One mount: the merged directory listed cold, then warm."""
+    out = {}
+
+    def body(m: Mount) -> None:
+        for key, cold in (("listcold", True), ("listwarm", False)):
             entries = [0]
 
             def go() -> float:
                 secs, entries[0] = ctx.probe_list(m.mnt / "d")
                 return secs
-            v, c = ctx.measure(m, cold, go)
+            out[key] = ctx.measure(m, cold, go)
             ctx.expect("listed entries", entries[0], ctx.fx.sizes.dir_entries + 2, kind)
-            return Sample(v, c)
-        return ctx.mounted(kind, ctx.fx.merged_dir(), body)
-    return work
+    ctx.mounted(kind, ctx.fx.merged_dir(), body)
+    return out
 
 
-def untar(ctx: Ctx, kind: str) -> Sample:
+def untar(ctx: Ctx, kind: str) -> dict[str, Sample]:
+    tar = str(ctx.fx.root / "untar.tar")
+
     def body(m: Mount) -> Sample:
-        v, c = ctx.measure(m, False, lambda: timed(["tar", "-xf", str(ctx.fx.root / "untar.tar"), "-C", str(m.mnt)]))
-        return Sample(v, c)
-    return ctx.mounted(kind, ctx.fx.tree(), body)
+        return ctx.measure(m, False, lambda: timed(["tar", "-xf", tar, "-C", str(m.mnt)]))
+    return {"untar": ctx.mounted(kind, ctx.fx.tree(), body)}
 
 
-def rm_rf(ctx: Ctx, kind: str) -> Sample:
+def rm_rf(ctx: Ctx, kind: str) -> dict[str, Sample]:
     for _ in os.walk(ctx.fx.rm_tree()[0]):  # the lower's dentries warm, for every kind alike
         pass
 
     def body(m: Mount) -> Sample:
-        v, c = ctx.measure(m, False, lambda: timed(["rm", "-rf", str(m.mnt / "rm")]))
+        sample = ctx.measure(m, False, lambda: timed(["rm", "-rf", str(m.mnt / "rm")]))
         ctx.expect("rm left the tree", int(os.path.lexists(m.mnt / "rm")), 0, kind)
-        return Sample(v, c)
-    return ctx.mounted(kind, ctx.fx.rm_tree(), body)
+        return sample
+    return {"rmrf": ctx.mounted(kind, ctx.fx.rm_tree(), body)}
 
 
-def lookups(present: bool, repeated: bool) -> Callable[[Ctx, str], Sample]:
-    listname = "present" if present else "absent"
+def lookups(present: bool) -> Callable[[Ctx, str], dict[str, Sample]]:
+    """One mount: each name looked up once (first lookups), then `lookup_rounds` more times."""
+    listname, sign = ("present", "+") if present else ("absent", "-")
 
-    def work(ctx: Ctx, kind: str) -> Sample:
+    def work(ctx: Ctx, kind: str) -> dict[str, Sample]:
         n = ctx.fx.sizes.lookup_names
-        rounds = ctx.fx.sizes.lookup_rounds if repeated else 1
-        for _ in os.walk(ctx.fx.root / "s"):  # the lowers' dentries warm
+        for _ in os.walk(ctx.fx.root / "s"):  # the layers' own dentries warm
             pass
+        out = {}
 
-        def body(m: Mount) -> Sample:
-            if repeated:
-                ctx.probe_lstat(m.mnt, listname)
-            res = [0, 0]
+        def body(m: Mount) -> None:
+            for key, rounds in (("look1" + sign, 1), ("lookrep" + sign, ctx.fx.sizes.lookup_rounds)):
+                res = [0, 0]
 
-            def go() -> float:
-                secs, res[0], res[1] = ctx.probe_lstat(m.mnt, listname, rounds)
-                return secs
-            secs, c = ctx.measure(m, False, go)
-            ctx.expect(f"{listname} lookups found", res[0], n * rounds if present else 0, kind)
-            return Sample(secs / (n * rounds) * 1e6, c)
-        return ctx.mounted(kind, ctx.fx.deep(), body)
+                def go() -> float:
+                    secs, res[0], res[1] = ctx.probe_lstat(m.mnt, listname, rounds)
+                    return secs
+                sample = ctx.measure(m, False, go)
+                sample.value = sample.value / (n * rounds) * 1e6  # µs per lookup
+                ctx.expect(f"{listname} lookups found", res[0], n * rounds if present else 0, kind)
+                out[key] = sample
+        ctx.mounted(kind, ctx.fx.deep(), body)
+        return out
     return work
 
 
-def peak_rss(ctx: Ctx, kind: str) -> Sample:
-    def body(m: Mount) -> Sample:
-        run(["find", str(m.mnt)])
-        ctx.probe_lstat(m.mnt, "all")
-        return Sample(peak_rss_kib(m.pid) / 1024 if m.pid else 0.0)
-    return ctx.mounted(kind, ctx.fx.tree(), body)
-
-
 WORKLOADS = [
-    Workload("seqread", "sequential read, {big} lower file, warm", "MiB/s", True, ">= 0.95x", seq_read),
-    Workload("seqwrite", "sequential write {big} + fsync", "MiB/s", True, ">= 0.9x", seq_write),
-    Workload("randwarm", "random 4k reads, warm", "IOPS", True, ">= 0.9x", rand_read(False)),
-    Workload("randcold", "random 4k reads, cold", "IOPS", True, ">= 0.9x", rand_read(True)),
-    Workload("findcold", "find over {tree} files, cold", "s", False, "<= 1.5x", find(True)),
-    Workload("findwarm", "find over {tree} files, warm", "s", False, "<= 1.2x", find(False)),
-    Workload("lstatcold", "lstat of every file ({tree}), cold", "s", False, "<= 1.5x", lstat_all(True)),
-    Workload("lstatwarm", "lstat of every file ({tree}), warm", "s", False, "<= 1.05x", lstat_all(False)),
-    Workload("listcold", "list a {dir}-entry dir merged from 3 layers, cold", "s", False, "<= 2x", list_dir(True)),
-    Workload("listwarm", "list a {dir}-entry dir merged from 3 layers, warm", "s", False, "<= 0.15x", list_dir(False)),
-    Workload("untar", "untar {untar} small files into the mount", "s", False, "<= 3x", untar),
-    Workload("rmrf", "rm -rf of a {rm}-file lower tree", "s", False, "<= 2x", rm_rf),
-    Workload("copyup", "first write to a {copyup} lower file (copy-up)", "s", False, "<= 1x", copy_up),
-    Workload("lookrep+", "repeated lookups, bottom of {layers} layers, present", "us/lookup", False, "<= 0.6x",
-             lookups(True, True)),
-    Workload("lookrep-", "repeated lookups, bottom of {layers} layers, absent", "us/lookup", False, "<= 0.8x",
-             lookups(False, True)),
-    Workload("look1+", "first lookups, bottom of {layers} layers, present", "us/lookup", False, "<= 0.3x",
-             lookups(True, False)),
-    Workload("look1-", "first lookups, bottom of {layers} layers, absent", "us/lookup", False, "<= 0.1x",
-             lookups(False, False)),
-    Workload("rss", "daemon peak RSS after walking {tree} files", "MiB", False, "<= 20 MiB", peak_rss,
-             kernel_baseline=False),
+    Workload("seqread", "sequential read, {big} lower file, warm", "MiB/s", True, ">= 0.95x"),
+    Workload("seqwrite", "sequential write {big} + fsync", "MiB/s", True, ">= 0.9x"),
+    Workload("randwarm", "random 4k reads, warm", "IOPS", True, ">= 0.9x"),
+    Workload("randcold", "random 4k reads, cold", "IOPS", True, ">= 0.9x"),
+    Workload("findcold", "find over {tree} files, cold", "s", False, "<= 1.5x"),
+    Workload("findwarm", "find over {tree} files, warm", "s", False, "<= 1.2x"),
+    Workload("lstatcold", "lstat of every file ({tree}), cold", "s", False, "<= 1.5x"),
+    Workload("lstatwarm", "lstat of every file ({tree}), warm", "s", False, "<= 1.05x"),
+    Workload("listcold", "list a {dir}-entry dir merged from 3 layers, cold", "s", False, "<= 2x"),
+    Workload("listwarm", "list a {dir}-entry dir merged from 3 layers, warm", "s", False, "<= 0.15x"),
+    Workload("untar", "untar {untar} small files into the mount", "s", False, "<= 3x"),
+    Workload("rmrf", "rm -rf of a {rm}-file lower tree", "s", False, "<= 2x"),
+    Workload("copyup", "first write to a {copyup} lower file (copy-up)", "s", False, "<= 1x"),
+    Workload("lookrep+", "repeated lookups, bottom of {layers} layers, present", "us/lookup", False, "<= 0.6x"),
+    Workload("lookrep-", "repeated lookups, bottom of {layers} layers, absent", "us/lookup", False, "<= 0.8x"),
+    Workload("look1+", "first lookups, bottom of {layers} layers, present", "us/lookup", False, "<= 0.3x"),
+    Workload("look1-", "first lookups, bottom of {layers} layers, absent", "us/lookup", False, "<= 0.1x"),
+    Workload("rss", "daemon peak RSS after walking {tree} files", "MiB", False, "<= 20 MiB", kernel_baseline=False),
+]
+
+# Each runner mounts once per kind and fills the rows named here.
+GROUPS: list[tuple[tuple[str, ...], Callable[[Ctx, str], dict[str, Sample]]]] = [
+    (("randcold", "seqread", "randwarm"), data_reads),
+    (("seqwrite",), seq_write),
+    (("findcold", "findwarm"), find),
+    (("lstatcold", "lstatwarm", "rss"), lstat_all),
+    (("listcold", "listwarm"), list_dir),
+    (("untar",), untar),
+    (("rmrf",), rm_rf),
+    (("copyup",), copy_up),
+    (("look1+", "lookrep+"), lookups(True)),
+    (("look1-", "lookrep-"), lookups(False)),
 ]
