@@ -18,8 +18,12 @@ class BenchError(Exception):
     """A problem that ends the run with one clear line."""
 
 
+_T0 = time.monotonic()
+
+
 def log(msg: str) -> None:
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
+    secs = int(time.monotonic() - _T0)
+    print(f"bench [{secs // 60:02d}:{secs % 60:02d}]: {msg}", file=sys.stderr, flush=True)
 
 
 def run(cmd: list[str], *, check: bool = True, capture: bool = False, **kw) -> subprocess.CompletedProcess:
