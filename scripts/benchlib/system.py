@@ -114,7 +114,7 @@ def machine(scratch: Path) -> dict[str, str]:
         "cpu": f"{cpu}, {os.cpu_count()} CPUs",
         "memory": f"{mem_kib / (1 << 20):.1f} GiB",
         "kernel": f"{platform.system()} {platform.release()}",
-        "scratch": f"{scratch} ({fs.stdout.strip() or 'unknown'})",
+        "scratch": f"{scratch} ({' '.join(fs.stdout.split()) or 'unknown'})",
     }
 
 
