@@ -1,10 +1,11 @@
-"""The workloads: one per row of issue 6's table, each run against one mount kind at a
-time on a fresh mount with a fresh upper layer.
+"""The workloads: the rows of issue 6's table (WORKLOADS) and the runners that measure them
+(GROUPS). A runner takes one mount kind, makes one fresh mount with a fresh upper layer,
+and measures every row of its group on it: a cold row first, then its warm twin, which the
+cold pass has warmed.
 
-A workload function prepares its mount (a warm-up pass for the warm rows), then calls
-`ctx.measure(...)` around exactly the part that is timed; `measure` settles the machine first
-(nothing dirty, memory prefaulted, caches dropped for the cold rows) and counts the FUSE
-requests the timed part sent.
+Each timed part runs inside `ctx.measure(...)`, which settles the machine first (nothing
+dirty, memory prefaulted, caches dropped for the cold rows) and counts the FUSE requests
+the timed part sent (and, with --strace, the daemon's syscalls).
 """
 
 from __future__ import annotations
