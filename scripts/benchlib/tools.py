@@ -1,0 +1,101 @@
+"""The image tools against the plain tools doing the same work on the same data: `ufsd diff`
+against a walk of the upper, `ufsd commit` against `tar -c | sha256sum`, `ufsd import`
+against `tar -x`. A command this ufsd does not have yet is reported as not available.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .mounts import Mount
+from .system import rmtree, settle, timed
+from .workloads import Ctx
+
+
+@dataclass
+class Tool:
+    key: str
+    label: str
+    baseline: str
+    target: str  # "< 1 s" (absolute) or "<= 1.3x" (against the baseline)
+    needs: str  # the ufsd subcommand it needs
+    run: Callable[[Ctx, Path], float]  # seconds for ufsd
+    base: Callable[[Ctx], float]  # seconds for the baseline
+
+    def target_ok(self, secs: float, ratio: float) -> bool:
+        op, num = self.target.split()[:2]
+        v = ratio if self.target.endswith("x") else secs
+        x = float(num.rstrip("x"))
+        return v < x if op == "<" else v <= x
+
+
+def has_command(ufsd: Path, name: str) -> bool:
+    return subprocess.run([str(ufsd), name, "--help"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
+
+
+def _store(ctx: Ctx) -> dict[str, str]:
+    store = ctx.run_dir / "store"
+    rmtree(store)
+    return dict(os.environ, UFSD_ROOT=str(store))
+
+
+def diff_run(ctx: Ctx, ufsd: Path) -> float:
+    lowers = ":".join(str(p) for p in ctx.fx.tree())
+    settle(False, ctx.prefault_mib)
+    return timed([str(ufsd), "diff", "--upper", str(ctx.fx.root / "du"), "--lower", lowers])
+
+
+def diff_base(ctx: Ctx) -> float:
+    settle(False, ctx.prefault_mib)
+    return timed(["find", str(ctx.fx.root / "du")])
+
+
+def commit_run(ctx: Ctx, ufsd: Path) -> float:
+    env = _store(ctx)
+
+    def body(m: Mount) -> float:
+        settle(False, ctx.prefault_mib)
+        return timed([str(ufsd), "commit", str(m.mnt), "bench-commit:latest"], env=env)
+    secs = ctx.mounted("ufsd", ctx.fx.empty(), body, upper=ctx.fx.root / "cu")
+    rmtree(ctx.run_dir / "store")
+    return secs
+
+
+def commit_base(ctx: Ctx) -> float:
+    settle(False, ctx.prefault_mib)
+    return timed(["bash", "-o", "pipefail", "-c", 'tar -cf - -C "$1" . | sha256sum >/dev/null', "-",
+                  str(ctx.fx.root / "cu")])
+
+
+def import_run(ctx: Ctx, ufsd: Path) -> float:
+    env = _store(ctx)
+    settle(False, ctx.prefault_mib)
+    secs = timed([str(ufsd), "import", str(ctx.fx.root / "untar.tar"), "bench-import:latest"], env=env)
+    rmtree(ctx.run_dir / "store")
+    return secs
+
+
+def import_base(ctx: Ctx) -> float:
+    dest = ctx.run_dir / "x"
+    rmtree(dest)
+    dest.mkdir(parents=True)
+    settle(False, ctx.prefault_mib)
+    secs = timed(["tar", "-xf", str(ctx.fx.root / "untar.tar"), "-C", str(dest)])
+    rmtree(dest)
+    return secs
+
+
+TOOLS = [
+    Tool("diff", "`ufsd diff` of a {diff}-entry upper (offline)", "`find UPPER`", "< 1 s", "diff",
+         diff_run, diff_base),
+    Tool("commit", "`ufsd commit` of {commit}", "`tar -c DIR | sha256sum`", "<= 1.3x", "commit",
+         commit_run, commit_base),
+    Tool("import", "`ufsd import` of the {untar}-file tar (layer extraction)", "`tar -x`", "<= 1x", "import",
+         import_run, import_base),
+]
+
