@@ -97,7 +97,12 @@ fn stack() -> Stack {
 
 impl Stack {
     fn mount(&self, args: &[&str]) -> Mounted {
-        mount_ufsd(&[&self.lower], Some((&self.upper, &self.work)), &self.mnt, args)
+        mount_ufsd(
+            &[&self.lower],
+            Some((&self.upper, &self.work)),
+            &self.mnt,
+            args,
+        )
     }
 
     fn staging(&self) -> PathBuf {
@@ -130,12 +135,23 @@ impl Stack {
 fn kill_daemon(m: Mounted) {
     let pid = daemon_pid(&m.path).expect("daemon pid");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
-    assert!(wait_process_gone(pid, Duration::from_secs(10)), "daemon survived SIGKILL");
-    let st = Command::new("fusermount3").arg("-u").arg(&m.path).status().unwrap();
+    assert!(
+        wait_process_gone(pid, Duration::from_secs(10)),
+        "daemon survived SIGKILL"
+    );
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&m.path)
+        .status()
+        .unwrap();
     if !st.success() {
         nix::mount::umount2(&m.path, nix::mount::MntFlags::MNT_DETACH).unwrap();
     }
-    assert_eq!(mount_type_at(&m.path), None, "dead mount still in the mount table");
+    assert_eq!(
+        mount_type_at(&m.path),
+        None,
+        "dead mount still in the mount table"
+    );
     m.unmount().unwrap();
 }
 
@@ -161,7 +177,10 @@ fn kill_during_a_large_write_keeps_fsynced_and_acknowledged_data() {
     let mut f = fs::File::create(&durable).unwrap();
     f.write_all(&pattern_block(0, 4 << 20)).unwrap();
     f.sync_all().unwrap();
-    let mut j = fs::OpenOptions::new().append(true).open(m.path.join("journal")).unwrap();
+    let mut j = fs::OpenOptions::new()
+        .append(true)
+        .open(m.path.join("journal"))
+        .unwrap();
     j.write_all(&pattern_block(1 << 20, 1 << 20)).unwrap();
     j.sync_all().unwrap();
 
@@ -180,7 +199,9 @@ fn kill_during_a_large_write_keeps_fsynced_and_acknowledged_data() {
             }
         })
     };
-    assert!(wait_for(Duration::from_secs(30), || acked.load(Ordering::Acquire) >= 64 << 20));
+    assert!(wait_for(Duration::from_secs(30), || acked
+        .load(Ordering::Acquire)
+        >= 64 << 20));
     kill_daemon(m);
     writer.join().unwrap();
     drop((f, j));
@@ -189,11 +210,17 @@ fn kill_during_a_large_write_keeps_fsynced_and_acknowledged_data() {
     // Everything acknowledged is in the upper layer, and nothing but the pattern.
     let big = s.upper.join("big");
     let size = fs::metadata(&big).unwrap().len();
-    assert!(size >= acked, "upper has {size} bytes, {acked} were acknowledged");
+    assert!(
+        size >= acked,
+        "upper has {size} bytes, {acked} were acknowledged"
+    );
     let mut verified = verify_pattern(&big);
     verified += verify_pattern(&s.upper.join("durable"));
     verified += verify_pattern(&s.upper.join("journal"));
-    assert_eq!(fs::metadata(s.upper.join("journal")).unwrap().len(), 2 << 20);
+    assert_eq!(
+        fs::metadata(s.upper.join("journal")).unwrap().len(),
+        2 << 20
+    );
     let view = s.remount_and_cross_check();
     assert!(view.contains_key(b"big".as_slice()) && view.contains_key(b"durable".as_slice()));
     println!(
@@ -226,7 +253,10 @@ fn kill_during_the_copy_up_of_a_256_mib_file_shows_no_half_copy() {
     let m = s.mount(&[]);
     let verified = verify_pattern(&m.path.join("huge"));
     assert_eq!(verified, SIZE);
-    let f = fs::OpenOptions::new().append(true).open(m.path.join("huge")).unwrap();
+    let f = fs::OpenOptions::new()
+        .append(true)
+        .open(m.path.join("huge"))
+        .unwrap();
     f.write_all_at(&pattern_block(SIZE, 4096), SIZE).unwrap();
     drop(f);
     assert_eq!(verify_pattern(&m.path.join("huge")), SIZE + 4096);
@@ -262,7 +292,9 @@ fn kill_during_a_directory_rename_leaves_one_whole_tree() {
         std::thread::spawn(move || errno_of(fs::rename(a, b)))
     };
     let caught = wait_for(Duration::from_secs(20), || {
-        fs::read_dir(s.upper.join("tree")).map(|d| d.count() > 5).unwrap_or(false)
+        fs::read_dir(s.upper.join("tree"))
+            .map(|d| d.count() > 5)
+            .unwrap_or(false)
     });
     kill_daemon(m);
     let _ = renamer.join().unwrap();
@@ -325,7 +357,11 @@ fn a_full_16_mib_upper_fails_cleanly_and_recovers() {
     let r = fs::OpenOptions::new().append(true).open(mp("big"));
     assert_eq!(errno_of(r), Some(libc::ENOSPC));
     assert_eq!(verify_pattern(&mp("big")), 20 << 20);
-    assert_eq!(fs::read_dir(w.join("work")).unwrap().count(), 0, "half copy left");
+    assert_eq!(
+        fs::read_dir(w.join("work")).unwrap().count(),
+        0,
+        "half copy left"
+    );
     assert!(!u.join("big").exists());
 
     // Fill the rest: writes end in ENOSPC, and a copy-up that fitted before fails now.
@@ -348,8 +384,12 @@ fn a_full_16_mib_upper_fails_cleanly_and_recovers() {
 
     // Free the space: everything works again.
     fs::remove_file(mp("filler")).unwrap();
-    let f = fs::OpenOptions::new().append(true).open(mp("medium")).unwrap();
-    f.write_all_at(&pattern_block(6 << 20, 4096), 6 << 20).unwrap();
+    let f = fs::OpenOptions::new()
+        .append(true)
+        .open(mp("medium"))
+        .unwrap();
+    f.write_all_at(&pattern_block(6 << 20, 4096), 6 << 20)
+        .unwrap();
     drop(f);
     assert_eq!(verify_pattern(&mp("medium")), (6 << 20) + 4096);
     assert_eq!(verify_pattern(&u.join("medium")), (6 << 20) + 4096);
@@ -389,16 +429,25 @@ fn vanishing_lower_layers_give_errors_not_a_crash() {
     let pid = daemon_pid(&m.path).unwrap();
     let mp = |n: &str| m.path.join(n);
     assert_eq!(fs::read_to_string(mp("gone/f")).unwrap(), "x\n");
-    assert_eq!(fs::read_to_string(mp("fromtmpfs/file")).unwrap(), "on tmpfs\n");
+    assert_eq!(
+        fs::read_to_string(mp("fromtmpfs/file")).unwrap(),
+        "on tmpfs\n"
+    );
     let held = fs::File::open(mp("top")).unwrap();
 
     // A lower directory removed behind the mount's back.
     fs::remove_dir_all(s.lower.join("gone")).unwrap();
     let allowed = [libc::ENOENT, libc::EIO, libc::ESTALE];
     let e = errno_of(fs::read(mp("gone/f")));
-    assert!(e.is_some_and(|e| allowed.contains(&e)), "read gone/f: {e:?}");
+    assert!(
+        e.is_some_and(|e| allowed.contains(&e)),
+        "read gone/f: {e:?}"
+    );
     let e = errno_of(fs::write(mp("gone/new"), "n"));
-    assert!(e.is_some_and(|e| allowed.contains(&e)), "create in gone: {e:?}");
+    assert!(
+        e.is_some_and(|e| allowed.contains(&e)),
+        "create in gone: {e:?}"
+    );
     assert!(process_running(pid), "daemon died");
 
     // The whole tmpfs lower unmounted (lazily: the daemon's descriptors keep it alive
@@ -410,17 +459,17 @@ fn vanishing_lower_layers_give_errors_not_a_crash() {
     for p in ["fromtmpfs/file", "top"] {
         match fs::read(mp(p)) {
             Ok(_) => {}
-            Err(e) => assert!(
-                allowed.contains(&e.raw_os_error().unwrap_or(0)),
-                "{p}: {e}"
-            ),
+            Err(e) => assert!(allowed.contains(&e.raw_os_error().unwrap_or(0)), "{p}: {e}"),
         }
     }
     // The rest of the mount still works, reads and writes.
     assert!(process_running(pid), "daemon died");
     assert_eq!(fs::read_to_string(mp("kept/f")).unwrap(), "x\n");
     fs::write(mp("kept/new"), "still writable\n").unwrap();
-    assert_eq!(fs::read_to_string(s.upper.join("kept/new")).unwrap(), "still writable\n");
+    assert_eq!(
+        fs::read_to_string(s.upper.join("kept/new")).unwrap(),
+        "still writable\n"
+    );
     let _ = fs::read_dir(&m.path).unwrap().count();
     drop(held);
     m.unmount().unwrap();
@@ -463,13 +512,20 @@ fn unmounting_a_busy_mount_fails_clearly_and_lazy_unmount_leaves_no_daemon() {
         std::ffi::OsStr::new("--lazy"),
         m.path.as_os_str(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(mount_type_at(&m.path), None, "still mounted after --lazy");
     // Users of the detached mount are still served.
     let mut buf = String::new();
     (&open_file).read_to_string(&mut buf).unwrap();
     assert_eq!(buf, "busy\n");
-    assert!(process_running(pid), "daemon left while the mount was in use");
+    assert!(
+        process_running(pid),
+        "daemon left while the mount was in use"
+    );
     drop(open_file);
     let _ = sleeper.0.kill();
     let _ = sleeper.0.wait();

@@ -70,11 +70,7 @@ fn new_objects_get_the_requested_mode_under_the_umask() {
                     o.push(rc(&format!("{dir} mkdir"), r as i64));
                     let r = libc::mkfifo(cpath(&d.join("fifo")).as_ptr(), 0o666);
                     o.push(rc(&format!("{dir} mkfifo"), r as i64));
-                    let r = libc::mknod(
-                        cpath(&d.join("node")).as_ptr(),
-                        libc::S_IFIFO | 0o777,
-                        0,
-                    );
+                    let r = libc::mknod(cpath(&d.join("node")).as_ptr(), libc::S_IFIFO | 0o777, 0);
                     o.push(rc(&format!("{dir} mknod fifo"), r as i64));
                     let r = libc::mknod(cpath(&d.join("reg")).as_ptr(), libc::S_IFREG | 0o604, 0);
                     o.push(rc(&format!("{dir} mknod reg"), r as i64));
@@ -118,39 +114,39 @@ fn names_over_255_bytes_get_enametoolong() {
         let d = m.join("d");
         let ok = "a".repeat(255);
         let long = "b".repeat(256);
-        let mut o = Vec::new();
-        o.push(res("create 255", fs::write(d.join(&ok), "x").map_err(e)));
-        o.push(res("stat 255", lstat(&d.join(&ok)).map(|s| s.st_size)));
-        o.push(res("create 256", fs::write(d.join(&long), "x").map_err(e)));
-        o.push(res("stat 256", lstat(&d.join(&long)).map(|s| s.st_size)));
-        o.push(res("mkdir 256", fs::create_dir(d.join(&long)).map_err(e)));
-        o.push(res(
-            "symlink 256",
-            std::os::unix::fs::symlink("t", d.join(&long)).map_err(e),
-        ));
-        o.push(res(
-            "link 256",
-            fs::hard_link(d.join(&ok), d.join(&long)).map_err(e),
-        ));
-        o.push(res(
-            "rename to 256",
-            fs::rename(d.join(&ok), d.join(&long)).map_err(e),
-        ));
         let dir255 = "c".repeat(255);
-        o.push(res("mkdir 255", fs::create_dir(d.join(&dir255)).map_err(e)));
-        o.push(res(
-            "rename 255",
-            fs::rename(d.join(&ok), d.join(&dir255).join(&ok)).map_err(e),
-        ));
-        o.push(res(
-            "read 255",
-            fs::read(d.join(&dir255).join(&ok)).map_err(e),
-        ));
-        o
+        vec![
+            res("create 255", fs::write(d.join(&ok), "x").map_err(e)),
+            res("stat 255", lstat(&d.join(&ok)).map(|s| s.st_size)),
+            res("create 256", fs::write(d.join(&long), "x").map_err(e)),
+            res("stat 256", lstat(&d.join(&long)).map(|s| s.st_size)),
+            res("mkdir 256", fs::create_dir(d.join(&long)).map_err(e)),
+            res(
+                "symlink 256",
+                std::os::unix::fs::symlink("t", d.join(&long)).map_err(e),
+            ),
+            res(
+                "link 256",
+                fs::hard_link(d.join(&ok), d.join(&long)).map_err(e),
+            ),
+            res(
+                "rename to 256",
+                fs::rename(d.join(&ok), d.join(&long)).map_err(e),
+            ),
+            res("mkdir 255", fs::create_dir(d.join(&dir255)).map_err(e)),
+            res(
+                "rename 255",
+                fs::rename(d.join(&ok), d.join(&dir255).join(&ok)).map_err(e),
+            ),
+            res("read 255", fs::read(d.join(&dir255).join(&ok)).map_err(e)),
+        ]
     });
     assert_eq!(obs[0], "create 255: ()");
     assert_eq!(obs[2], "create 256: ENAMETOOLONG");
-    assert!(obs[3..8].iter().all(|l| l.ends_with("ENAMETOOLONG")), "{obs:#?}");
+    assert!(
+        obs[3..8].iter().all(|l| l.ends_with("ENAMETOOLONG")),
+        "{obs:#?}"
+    );
 }
 
 fn e(err: std::io::Error) -> i32 {
@@ -178,8 +174,12 @@ fn walk_at(root: &Path, chain: &[String], create: bool) -> Result<std::os::fd::O
 #[test]
 fn paths_deeper_than_path_max_work_through_relative_operations() {
     // 24 levels of 200-byte names: about 4,800 bytes, past PATH_MAX (4096).
-    let chain: Vec<String> = (0..24).map(|i| format!("{i:02}{}", "d".repeat(198))).collect();
-    let more: Vec<String> = (0..24).map(|i| format!("{i:02}{}", "e".repeat(198))).collect();
+    let chain: Vec<String> = (0..24)
+        .map(|i| format!("{i:02}{}", "d".repeat(198)))
+        .collect();
+    let more: Vec<String> = (0..24)
+        .map(|i| format!("{i:02}{}", "e".repeat(198)))
+        .collect();
     let pair = Pair::new(
         |l| {
             let fd = walk_at(l, &chain, true).unwrap();
@@ -200,7 +200,10 @@ fn paths_deeper_than_path_max_work_through_relative_operations() {
         let deep = walk_at(m, &[chain.clone(), more.clone()].concat(), true).unwrap();
         let g = openat(&deep, b"new", libc::O_CREAT | libc::O_WRONLY, 0o600).unwrap();
         o.push(res("write deep", write(&g, b"deep data\n")));
-        let (a, b) = (CString::new("new").unwrap(), CString::new("renamed").unwrap());
+        let (a, b) = (
+            CString::new("new").unwrap(),
+            CString::new("renamed").unwrap(),
+        );
         // SAFETY: valid fds and C strings.
         let r = unsafe { libc::renameat(deep.as_raw_fd(), a.as_ptr(), fd.as_raw_fd(), b.as_ptr()) };
         o.push(rc("renameat up 24 levels", r as i64));
@@ -215,7 +218,10 @@ fn paths_deeper_than_path_max_work_through_relative_operations() {
         for c in &chain {
             full.push(c);
         }
-        o.push(res("stat by full path", lstat(&full.join("bottom")).map(|_| ())));
+        o.push(res(
+            "stat by full path",
+            lstat(&full.join("bottom")).map(|_| ()),
+        ));
         o
     });
     assert_eq!(obs[0], r#"read lower: Ok("lower bottom\n")"#);
@@ -247,7 +253,10 @@ fn sticky_directories_protect_other_users_entries() {
             move || {
                 let t = m.join("tmp");
                 vec![
-                    res("1002 unlink 1001's", fs::remove_file(t.join("of_1001")).map_err(e)),
+                    res(
+                        "1002 unlink 1001's",
+                        fs::remove_file(t.join("of_1001")).map_err(e),
+                    ),
                     res(
                         "1002 rename 1001's",
                         fs::rename(t.join("of_1001"), t.join("x")).map_err(e),
@@ -260,7 +269,10 @@ fn sticky_directories_protect_other_users_entries() {
                         "1002 write 1001's (mode 0666)",
                         fs::write(t.join("of_1001"), "w").map_err(e),
                     ),
-                    res("1002 rename own", fs::rename(t.join("of_1002"), t.join("y")).map_err(e)),
+                    res(
+                        "1002 rename own",
+                        fs::rename(t.join("of_1002"), t.join("y")).map_err(e),
+                    ),
                     res("1002 unlink own", fs::remove_file(t.join("y")).map_err(e)),
                 ]
             }
@@ -326,10 +338,15 @@ fn set_id_bits_are_cleared_on_write_truncate_and_chown() {
                 o.push(rc("truncate", unsafe { libc::truncate(c.as_ptr(), 3) } as i64));
                 let c = cpath(&m.join("c"));
                 // SAFETY: a valid C string.
-                o.push(rc("chown own gid", unsafe { libc::chown(c.as_ptr(), u32::MAX, 1001) }
-                    as i64));
+                o.push(rc(
+                    "chown own gid",
+                    unsafe { libc::chown(c.as_ptr(), u32::MAX, 1001) } as i64,
+                ));
                 // SAFETY: a valid C string.
-                o.push(rc("chown to root", unsafe { libc::chown(c.as_ptr(), 0, 0) } as i64));
+                o.push(rc(
+                    "chown to root",
+                    unsafe { libc::chown(c.as_ptr(), 0, 0) } as i64,
+                ));
                 o
             }
         });
@@ -369,8 +386,14 @@ fn open_files_survive_unlink_and_rename_over_them() {
         fs::write(m.join("upper_b"), "upper b\n").unwrap();
         let a = open(&m.join("lower_a"), libc::O_RDWR, 0).unwrap();
         let b = open(&m.join("upper_b"), libc::O_RDWR, 0).unwrap();
-        o.push(res("unlink a", fs::remove_file(m.join("lower_a")).map_err(e)));
-        o.push(res("unlink b", fs::remove_file(m.join("upper_b")).map_err(e)));
+        o.push(res(
+            "unlink a",
+            fs::remove_file(m.join("lower_a")).map_err(e),
+        ));
+        o.push(res(
+            "unlink b",
+            fs::remove_file(m.join("upper_b")).map_err(e),
+        ));
         o.push(res("stat a", lstat(&m.join("lower_a")).map(|_| ())));
         o.push(res("write a", pwrite(&a, b"A", 0)));
         o.push(res("write b", pwrite(&b, b"B", 0)));
@@ -409,7 +432,10 @@ fn o_append_writes_always_land_at_the_end() {
         for i in 0..20 {
             let fd = if i % 2 == 0 { &a } else { &b };
             // pwrite on an O_APPEND descriptor appends too (Linux ignores the offset).
-            o.push(res("pwrite", pwrite(fd, format!("line {i}\n").as_bytes(), 0)));
+            o.push(res(
+                "pwrite",
+                pwrite(fd, format!("line {i}\n").as_bytes(), 0),
+            ));
         }
         o.push(res("size", lstat(&m.join("log")).map(|s| s.st_size)));
         o.push(format!("{:?}", fs::read_to_string(m.join("log")).unwrap()));
@@ -439,13 +465,19 @@ fn offsets_past_4_gib_and_sparse_files() {
         o.push(res("size", fstat(&f).map(|s| s.st_size)));
         o.push(res("SEEK_DATA 0", lseek(&f, 0, libc::SEEK_DATA)));
         o.push(res("SEEK_HOLE 0", lseek(&f, 0, libc::SEEK_HOLE)));
-        o.push(res("read 5G", pread(&f, 11, 5 * GIB).map(String::from_utf8)));
+        o.push(res(
+            "read 5G",
+            pread(&f, 11, 5 * GIB).map(String::from_utf8),
+        ));
         o.push(res("read hole", pread(&f, 4, GIB).map(|v| v == [0; 4])));
         // Copy-up of the 5 GiB sparse file by a write past 6 GiB.
         let w = open(&m.join("sparse5g"), libc::O_RDWR, 0).unwrap();
         o.push(res("pwrite 6G", pwrite(&w, b"six", 6 * GIB)));
         o.push(res("size after", fstat(&w).map(|s| s.st_size)));
-        o.push(res("read 5G after", pread(&w, 11, 5 * GIB).map(String::from_utf8)));
+        o.push(res(
+            "read 5G after",
+            pread(&w, 11, 5 * GIB).map(String::from_utf8),
+        ));
         o.push(res("read 6G", pread(&w, 3, 6 * GIB).map(String::from_utf8)));
         o.push(res(
             "SEEK_DATA 5G-1",
@@ -454,7 +486,10 @@ fn offsets_past_4_gib_and_sparse_files() {
         // A new file with data only past 4 GiB.
         let n = open(&m.join("new"), libc::O_CREAT | libc::O_RDWR, 0o644).unwrap();
         o.push(res("pwrite 4G+1", pwrite(&n, b"past4g", 4 * GIB + 1)));
-        o.push(res("read 4G+1", pread(&n, 6, 4 * GIB + 1).map(String::from_utf8)));
+        o.push(res(
+            "read 4G+1",
+            pread(&n, 6, 4 * GIB + 1).map(String::from_utf8),
+        ));
         o.push(res("SEEK_HOLE 0 new", lseek(&n, 0, libc::SEEK_HOLE)));
         o
     });
@@ -463,12 +498,19 @@ fn offsets_past_4_gib_and_sparse_files() {
     // The copy-up kept the holes: a few blocks, not 6 GiB.
     let up = fs::metadata(pair.ufsd_upper.join("sparse5g")).unwrap();
     assert_eq!(up.len(), 6 * GIB + 3);
-    assert!(up.blocks() * 512 < (1 << 20), "copy-up filled holes: {} blocks", up.blocks());
+    assert!(
+        up.blocks() * 512 < (1 << 20),
+        "copy-up filled holes: {} blocks",
+        up.blocks()
+    );
 }
 
 #[test]
 fn a_thousand_hard_links() {
-    let pair = Pair::new(|l| lower_file(l, "lowerfile", b"shared\n", 0o644, 0, 0), &[]);
+    let pair = Pair::new(
+        |l| lower_file(l, "lowerfile", b"shared\n", 0o644, 0, 0),
+        &[],
+    );
     let obs = pair.same(|m| {
         let mut o = Vec::new();
         fs::write(m.join("upperfile"), "upper\n").unwrap();
@@ -502,9 +544,18 @@ fn a_thousand_hard_links() {
         }
         o
     });
-    assert!(obs.contains(&"upperfile: nlink 1001".to_string()), "{obs:#?}");
-    assert!(obs.contains(&"lowerfile: 1000 links share the inode".to_string()), "{obs:#?}");
-    assert!(obs.contains(&"lowerfile: \"rewritten\\n\"".to_string()), "{obs:#?}");
+    assert!(
+        obs.contains(&"upperfile: nlink 1001".to_string()),
+        "{obs:#?}"
+    );
+    assert!(
+        obs.contains(&"lowerfile: 1000 links share the inode".to_string()),
+        "{obs:#?}"
+    );
+    assert!(
+        obs.contains(&"lowerfile: \"rewritten\\n\"".to_string()),
+        "{obs:#?}"
+    );
 }
 
 fn mmap_scenario(m: &Path) -> Vec<String> {
@@ -524,7 +575,13 @@ fn mmap_scenario(m: &Path) -> Vec<String> {
                 f.as_raw_fd(),
                 0,
             );
-            assert_ne!(addr, libc::MAP_FAILED, "mmap {}: {}", name, errno_name(last_errno()));
+            assert_ne!(
+                addr,
+                libc::MAP_FAILED,
+                "mmap {}: {}",
+                name,
+                errno_name(last_errno())
+            );
             let s = std::slice::from_raw_parts_mut(addr.cast::<u8>(), 8192);
             s[..6].copy_from_slice(b"mapped");
             s[4096..4101].copy_from_slice(b"page2");
@@ -532,7 +589,10 @@ fn mmap_scenario(m: &Path) -> Vec<String> {
                 &format!("{name} read before msync"),
                 pread(&reader, 6, 0).map(String::from_utf8),
             ));
-            o.push(rc(&format!("{name} msync"), libc::msync(addr, 8192, libc::MS_SYNC) as i64));
+            o.push(rc(
+                &format!("{name} msync"),
+                libc::msync(addr, 8192, libc::MS_SYNC) as i64,
+            ));
             libc::munmap(addr, 8192);
         }
         drop(f);
@@ -556,15 +616,21 @@ fn shared_mmap_writes_are_seen_by_read() {
             args,
         );
         let obs = pair.same(mmap_scenario);
-        assert!(
-            obs.iter().all(|l| !l.contains(": E")),
-            "{args:?}: {obs:#?}"
+        assert!(obs.iter().all(|l| !l.contains(": E")), "{args:?}: {obs:#?}");
+        assert_eq!(
+            obs[0], r#"lower read before msync: Ok("mapped")"#,
+            "{args:?}"
         );
-        assert_eq!(obs[0], r#"lower read before msync: Ok("mapped")"#, "{args:?}");
-        assert_eq!(obs[2], r#"lower after reopen: "mapped" "page2" len 8192"#, "{args:?}");
+        assert_eq!(
+            obs[2], r#"lower after reopen: "mapped" "page2" len 8192"#,
+            "{args:?}"
+        );
         // On disk in the upper layer, and the lower layer untouched.
         let up = fs::read(pair.ufsd_upper.join("lower")).unwrap();
         assert_eq!(&up[..6], b"mapped");
-        assert_eq!(fs::read(pair.lower.join("lower")).unwrap(), vec![b'-'; 8192]);
+        assert_eq!(
+            fs::read(pair.lower.join("lower")).unwrap(),
+            vec![b'-'; 8192]
+        );
     }
 }

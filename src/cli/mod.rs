@@ -2,6 +2,7 @@
 //! and calls one library function; `main` turns errors into one line on stderr and a
 //! non-zero exit.
 
+mod check;
 mod diff;
 mod images;
 mod mount;
@@ -49,6 +50,7 @@ enum Command {
     Rmi(images::RmiArgs),
     History(images::HistoryArgs),
     Inspect(images::InspectArgs),
+    Check(check::CheckArgs),
 }
 
 /// Whether `name` is one of the subcommands (or `help`).
@@ -152,6 +154,7 @@ pub fn main() -> ExitCode {
             Command::Rmi(a) => root().and_then(|r| images::rmi(&r, a)),
             Command::History(a) => root().and_then(|r| images::history(&r, a)),
             Command::Inspect(a) => root().and_then(|r| images::inspect(&r, a)),
+            Command::Check(a) => root().and_then(|r| check::run(&r, a)),
         }
     };
     match result {

@@ -218,13 +218,21 @@ pub fn openat(dir: &OwnedFd, name: &[u8], flags: i32, mode: u32) -> Result<Owned
 pub fn pwrite(fd: &OwnedFd, buf: &[u8], off: u64) -> Result<usize, i32> {
     // SAFETY: buf is readable for its length.
     let n = unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), off as i64) };
-    if n < 0 { Err(last_errno()) } else { Ok(n as usize) }
+    if n < 0 {
+        Err(last_errno())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 pub fn write(fd: &OwnedFd, buf: &[u8]) -> Result<usize, i32> {
     // SAFETY: buf is readable for its length.
     let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-    if n < 0 { Err(last_errno()) } else { Ok(n as usize) }
+    if n < 0 {
+        Err(last_errno())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 pub fn pread(fd: &OwnedFd, len: usize, off: u64) -> Result<Vec<u8>, i32> {
@@ -266,7 +274,10 @@ pub fn in_child(uid: u32, gid: u32, umask: u32, f: impl FnOnce() -> Vec<String>)
                 && libc::setuid(uid) == 0;
             libc::umask(umask);
             let (code, text) = if !ok {
-                (2, format!("dropping to {uid}:{gid}: errno {}", last_errno()))
+                (
+                    2,
+                    format!("dropping to {uid}:{gid}: errno {}", last_errno()),
+                )
             } else {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
                     Ok(lines) => (0, lines.join("\n")),
@@ -296,7 +307,8 @@ pub fn in_child(uid: u32, gid: u32, umask: u32, f: impl FnOnce() -> Vec<String>)
     // SAFETY: the read end is ours.
     let mut r = unsafe { std::fs::File::from_raw_fd(fds[0]) };
     let mut out = String::new();
-    r.read_to_string(&mut out).expect("reading the child's output");
+    r.read_to_string(&mut out)
+        .expect("reading the child's output");
     let mut status = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
