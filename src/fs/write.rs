@@ -298,11 +298,14 @@ impl UnionFs {
             (true, false) => sys::unlink_at(upper, name, false)?,
             (false, _) => self.make_whiteout(upper, name, false)?,
         }
+        super::copyup::restore_times(upper, None, &parent_st);
+        let _ = sys::utimens_at(upper, None, SetTime::Now, SetTime::Now);
+        // The parent's lock goes before the child's is taken: `with_place` takes a child's
+        // and then its parent's, so holding them the other way round deadlocks.
+        drop(pst);
         if let Some(n) = self.nodes.get(found.id) {
             self.name_removed(&n, &parent_node, name, Some((found.stat, found.layer)));
         }
-        super::copyup::restore_times(upper, None, &parent_st);
-        let _ = sys::utimens_at(upper, None, SetTime::Now, SetTime::Now);
         Ok(())
     }
 
