@@ -121,6 +121,15 @@ impl UnionFs {
     ) -> SysResult<Attr> {
         self.writable()?;
         Self::check_new_name(name)?;
+        // A 0/0 character device is a whiteout in the upper layer: made by the daemon it
+        // would hide the name instead of creating it. Kernel overlayfs refuses it to
+        // everyone (the VFS lets unprivileged callers make one, so the kernel's own
+        // CAP_MKNOD check does not stop it).
+        if let NewObject::Node { mode, rdev: 0 } = &obj
+            && mode & libc::S_IFMT == libc::S_IFCHR
+        {
+            return Err(Errno::EPERM);
+        }
         let parent_node = self.node(parent)?;
         {
             let pst = parent_node.state.read();
