@@ -122,7 +122,11 @@ fn a_healthy_store_passes() {
     assert!(ok, "{out}");
     assert!(out.contains("0 corrupt, 0 missing"), "{out}");
     assert!(out.contains("layers: 2 extracted, 2 compared"), "{out}");
-    assert!(out.contains("leftovers: 0"), "{out}");
+    // Stale daemon records under /run/ufsd are machine-wide (other tests kill daemons):
+    // only the store's own leftovers are asserted here.
+    for bad in ["temporary:", "unreferenced", "container directory"] {
+        assert!(!out.contains(bad), "{out}");
+    }
     let (ok, json) = check(&f.root, &["--json"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -261,7 +265,9 @@ fn leftovers_are_listed_and_repair_removes_only_them() {
 
     let (ok, out) = check(&f.root, &["--repair"]);
     assert!(ok, "{out}");
-    assert!(out.contains("leftovers: 0"), "{out}");
+    for bad in ["temporary:", "unreferenced", "container directory"] {
+        assert!(!out.contains(bad), "{out}");
+    }
     assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
     assert!(!blob_path(&f.root, stray.digest()).exists());
     assert!(!f.root.join("containers/half").exists());
