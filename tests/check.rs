@@ -124,7 +124,12 @@ fn a_healthy_store_passes() {
     assert!(out.contains("layers: 2 extracted, 2 compared"), "{out}");
     // Stale daemon records under /run/ufsd are machine-wide (other tests kill daemons):
     // only the store's own leftovers are asserted here.
-    for bad in ["temporary:", "unreferenced", "container directory"] {
+    for bad in [
+        "temporary:",
+        "unreferenced blob:",
+        "unreferenced layer:",
+        "container directory without",
+    ] {
         assert!(!out.contains(bad), "{out}");
     }
     let (ok, json) = check(&f.root, &["--json"]);
@@ -265,7 +270,12 @@ fn leftovers_are_listed_and_repair_removes_only_them() {
 
     let (ok, out) = check(&f.root, &["--repair"]);
     assert!(ok, "{out}");
-    for bad in ["temporary:", "unreferenced", "container directory"] {
+    for bad in [
+        "temporary:",
+        "unreferenced blob:",
+        "unreferenced layer:",
+        "container directory without",
+    ] {
         assert!(!out.contains(bad), "{out}");
     }
     assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
