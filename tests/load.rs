@@ -195,6 +195,7 @@ fn writers_and_readers(m: &Path, deadline: Instant, errs: &Errors) -> u64 {
                 let p = root.join(format!("w{w}"));
                 let f = match fs::OpenOptions::new()
                     .create(true)
+                    .truncate(true)
                     .read(true)
                     .write(true)
                     .open(&p)
