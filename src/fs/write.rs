@@ -229,17 +229,23 @@ impl UnionFs {
     /// backs every open of the inode under passthrough; the kernel enforces each open's mode.
     pub(super) fn open_upper(&self, node: &Node, flags: i32) -> SysResult<OpenedFile> {
         let keep = flags & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC);
-        let fd = self.with_place(node, |p| match p {
-            super::Place::Entry(dir, name) => {
-                match sys::open_at(dir, name, libc::O_RDWR | keep, 0) {
-                    Err(Errno::EACCES) | Err(Errno::ETXTBSY) | Err(Errno::EROFS) => {
-                        sys::open_at(dir, name, (flags & libc::O_ACCMODE) | keep, 0)
-                    }
-                    other => other,
-                }
+        // Always the upper layer's entry, whatever the node's state says: a write must
+        // never reach a lower file, even if a racing lookup left the state stale.
+        let fd = {
+            let st = node.state.read();
+            if st.kind.is_dir() {
+                return Err(Errno::EISDIR);
             }
-            super::Place::Dir(_) => Err(Errno::EISDIR),
-        })?;
+            let parent = st.parent.as_ref().ok_or(Errno::ESTALE)?;
+            let pst = parent.state.read();
+            let dir = pst.dir_in(0).ok_or(Errno::EIO)?;
+            match sys::open_at(dir, &st.name, libc::O_RDWR | keep, 0) {
+                Err(Errno::EACCES) | Err(Errno::ETXTBSY) | Err(Errno::EROFS) => {
+                    sys::open_at(dir, &st.name, (flags & libc::O_ACCMODE) | keep, 0)
+                }
+                other => other,
+            }?
+        };
         if flags & libc::O_TRUNC != 0 {
             sys::truncate_fd(fd.as_fd(), 0)?;
         }
