@@ -209,10 +209,17 @@ impl NodeTable {
             && id != ROOT_ID
         {
             let mut cur = node.state.write();
-            cur.kind = state.kind;
-            cur.layer = state.layer;
-            cur.dirs = state.dirs;
-            cur.generation = state.generation;
+            // A file copied up keeps its lower id, so a lookup resolved before a concurrent
+            // copy-up finished finds the lower instance under the same id: that result is
+            // stale and must not send the node back down (opens for writing would then
+            // reach the lower file).
+            let stale = cur.layer == 0 && state.layer != 0 && !cur.kind.is_dir();
+            if !stale {
+                cur.kind = state.kind;
+                cur.layer = state.layer;
+                cur.dirs = state.dirs;
+                cur.generation = state.generation;
+            }
             if let Some(p) = state.parent {
                 cur.set_primary(p, state.name);
             }
