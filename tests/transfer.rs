@@ -161,6 +161,46 @@ fn import_then_export_gives_the_same_tree() {
     assert_same_tree(&src, &d.path().join("out-stdin"));
 }
 
+/// `-o` naming a device (a null device made for the test, as `/dev/null` would be) writes
+/// to it: the temp-file-and-rename path must never replace a device with a file.
+#[test]
+fn export_to_a_device_writes_to_it_and_keeps_it() {
+    let d = scratch();
+    let src = rootfs(d.path());
+    let root = d.path().join("store");
+    let tar = d.path().join("in.tar");
+    gnu_tar(&src, &tar, false);
+    ok(ufsd(
+        &root,
+        &["import", tar.to_str().unwrap(), "base:latest"],
+    ));
+    let null = d.path().join("null");
+    nix::sys::stat::mknod(
+        &null,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    ok(ufsd(
+        &root,
+        &["export", "base:latest", "-o", null.to_str().unwrap()],
+    ));
+    // save -o takes a name ending in .tar as a tar, else a layout directory: a device is
+    // neither, and whatever save says, the device stays.
+    let _ = ufsd(
+        &root,
+        &["save", "base:latest", "-o", null.to_str().unwrap()],
+    );
+    {
+        let st = fs::symlink_metadata(&null).unwrap();
+        assert!(
+            std::os::unix::fs::FileTypeExt::is_char_device(&st.file_type()),
+            "the device was replaced"
+        );
+    }
+}
+
 #[test]
 fn export_of_an_image_equals_export_of_a_mount_of_its_layers() {
     let d = scratch();

@@ -2,6 +2,7 @@
 //! and calls one library function; `main` turns errors into one line on stderr and a
 //! non-zero exit.
 
+mod check;
 mod commit;
 mod containers;
 mod control;
@@ -76,6 +77,7 @@ enum Command {
     Export(export::ExportArgs),
     Save(save::SaveArgs),
     Load(load::LoadArgs),
+    Check(check::CheckArgs),
 }
 
 /// Whether `name` is one of the subcommands (or `help`).
@@ -189,6 +191,7 @@ pub fn main() -> ExitCode {
             Command::Export(a) => root().and_then(|r| export::run(&r, a)),
             Command::Save(a) => root().and_then(|r| save::run(&r, a)),
             Command::Load(a) => root().and_then(|r| load::run(&r, a)),
+            Command::Check(a) => root().and_then(|r| check::run(&r, a)),
         }
     };
     match result {

@@ -1,6 +1,7 @@
 //! Where a command writes a tar: a file, written to a temporary name beside it and renamed
 //! into place once complete (so a failed command leaves no half-written file), or standard
-//! output when it is not a terminal.
+//! output when it is not a terminal. An existing path that is not a regular file (a device
+//! such as `/dev/null`, a fifo) is written to directly: renaming over it would replace it.
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -22,6 +23,8 @@ enum Sink {
         file: Option<BufWriter<File>>,
     },
     Stdout(BufWriter<std::io::Stdout>),
+    /// A device or fifo named by the user.
+    Direct(PathBuf, BufWriter<File>),
 }
 
 impl Output {
@@ -36,6 +39,16 @@ impl Output {
                 }
                 Ok(Output {
                     sink: Sink::Stdout(BufWriter::with_capacity(1 << 20, std::io::stdout())),
+                    done: std::io::sink(),
+                })
+            }
+            Some(dest) if dest.metadata().is_ok_and(|m| !m.is_file() && !m.is_dir()) => {
+                let file = File::options()
+                    .write(true)
+                    .open(dest)
+                    .with_context(|| format!("opening {}", dest.display()))?;
+                Ok(Output {
+                    sink: Sink::Direct(dest.to_path_buf(), BufWriter::with_capacity(1 << 20, file)),
                     done: std::io::sink(),
                 })
             }
@@ -71,6 +84,7 @@ impl Output {
             Sink::File { file: Some(f), .. } => f,
             Sink::File { file: None, .. } => &mut self.done,
             Sink::Stdout(w) => w,
+            Sink::Direct(_, w) => w,
         }
     }
 
@@ -78,6 +92,9 @@ impl Output {
     pub fn commit(mut self) -> Result<()> {
         match &mut self.sink {
             Sink::Stdout(w) => w.flush().context("writing to standard output"),
+            Sink::Direct(path, w) => w
+                .flush()
+                .with_context(|| format!("writing {}", path.display())),
             Sink::File { tmp, dest, file } => {
                 let Some(w) = file.take() else {
                     return Ok(());

@@ -187,30 +187,43 @@ impl NodeTable {
     /// Counts one kernel lookup of the node `id`, creating it in `state` if it is not
     /// live, or moving it to `state` (the place it was just found) if it is.
     pub fn lookup(&self, id: u64, state: NodeState) -> Arc<Node> {
-        let entry = self.nodes.entry(id);
-        let node = match entry {
+        // The table's shard lock is released before the node's state lock is taken:
+        // callers hold node state locks while they call `get`, so taking them in the
+        // other order here deadlocked the daemon under load. The lookup is counted while
+        // the shard is still locked, so a concurrent `forget` cannot drop the node in
+        // between.
+        let (node, update) = match self.nodes.entry(id) {
             dashmap::mapref::entry::Entry::Occupied(o) => {
                 let node = o.get().clone();
-                let mut cur = node.state.write();
-                if id != ROOT_ID {
-                    cur.kind = state.kind;
-                    cur.layer = state.layer;
-                    cur.dirs = state.dirs;
-                    cur.generation = state.generation;
-                    if let Some(p) = state.parent {
-                        cur.set_primary(p, state.name);
-                    }
-                }
-                drop(cur);
-                node
+                node.lookups.fetch_add(1, Ordering::Relaxed);
+                (node, Some(state))
             }
             dashmap::mapref::entry::Entry::Vacant(v) => {
                 let node = Arc::new(Node::new(id, state));
+                node.lookups.fetch_add(1, Ordering::Relaxed);
                 v.insert(node.clone());
-                node
+                (node, None)
             }
         };
-        node.lookups.fetch_add(1, Ordering::Relaxed);
+        if let Some(state) = update
+            && id != ROOT_ID
+        {
+            let mut cur = node.state.write();
+            // A file copied up keeps its lower id, so a lookup resolved before a concurrent
+            // copy-up finished finds the lower instance under the same id: that result is
+            // stale and must not send the node back down (opens for writing would then
+            // reach the lower file).
+            let stale = cur.layer == 0 && state.layer != 0 && !cur.kind.is_dir();
+            if !stale {
+                cur.kind = state.kind;
+                cur.layer = state.layer;
+                cur.dirs = state.dirs;
+                cur.generation = state.generation;
+            }
+            if let Some(p) = state.parent {
+                cur.set_primary(p, state.name);
+            }
+        }
         node
     }
 

@@ -627,8 +627,10 @@ impl UnionFs {
         v.ok_or(Errno::ENODATA)
     }
 
-    /// The xattr names of a node, NUL-separated, overlay-private ones left out.
-    pub fn listxattr(&self, id: u64) -> SysResult<Vec<u8>> {
+    /// The xattr names of a node, NUL-separated, overlay-private ones left out, and
+    /// `trusted.*` ones unless the caller is `privileged` (root): local filesystems list
+    /// them only to CAP_SYS_ADMIN, and the kernel leaves that filtering to the filesystem.
+    pub fn listxattr(&self, id: u64, privileged: bool) -> SysResult<Vec<u8>> {
         let node = self.node(id)?;
         let raw = self.with_place(&node, |p| match p {
             Place::Dir(fd) => sys::list_xattr(fd, None),
@@ -636,7 +638,7 @@ impl UnionFs {
         })?;
         let mut out = Vec::with_capacity(raw.len());
         for name in raw.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            if !is_private_xattr(name) {
+            if !is_private_xattr(name) && (privileged || !name.starts_with(b"trusted.")) {
                 out.extend_from_slice(name);
                 out.push(0);
             }

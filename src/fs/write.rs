@@ -121,6 +121,15 @@ impl UnionFs {
     ) -> SysResult<Attr> {
         self.writable()?;
         Self::check_new_name(name)?;
+        // A 0/0 character device is a whiteout in the upper layer: made by the daemon it
+        // would hide the name instead of creating it. Kernel overlayfs refuses it to
+        // everyone (the VFS lets unprivileged callers make one, so the kernel's own
+        // CAP_MKNOD check does not stop it).
+        if let NewObject::Node { mode, rdev: 0 } = &obj
+            && mode & libc::S_IFMT == libc::S_IFCHR
+        {
+            return Err(Errno::EPERM);
+        }
         let parent_node = self.node(parent)?;
         {
             let pst = parent_node.state.read();
@@ -223,17 +232,23 @@ impl UnionFs {
     /// backs every open of the inode under passthrough; the kernel enforces each open's mode.
     pub(super) fn open_upper(&self, node: &Node, flags: i32) -> SysResult<OpenedFile> {
         let keep = flags & (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC);
-        let fd = self.with_place(node, |p| match p {
-            super::Place::Entry(dir, name) => {
-                match sys::open_at(dir, name, libc::O_RDWR | keep, 0) {
-                    Err(Errno::EACCES) | Err(Errno::ETXTBSY) | Err(Errno::EROFS) => {
-                        sys::open_at(dir, name, (flags & libc::O_ACCMODE) | keep, 0)
-                    }
-                    other => other,
-                }
+        // Always the upper layer's entry, whatever the node's state says: a write must
+        // never reach a lower file, even if a racing lookup left the state stale.
+        let fd = {
+            let st = node.state.read();
+            if st.kind.is_dir() {
+                return Err(Errno::EISDIR);
             }
-            super::Place::Dir(_) => Err(Errno::EISDIR),
-        })?;
+            let parent = st.parent.as_ref().ok_or(Errno::ESTALE)?;
+            let pst = parent.state.read();
+            let dir = pst.dir_in(0).ok_or(Errno::EIO)?;
+            match sys::open_at(dir, &st.name, libc::O_RDWR | keep, 0) {
+                Err(Errno::EACCES) | Err(Errno::ETXTBSY) | Err(Errno::EROFS) => {
+                    sys::open_at(dir, &st.name, (flags & libc::O_ACCMODE) | keep, 0)
+                }
+                other => other,
+            }?
+        };
         if flags & libc::O_TRUNC != 0 {
             sys::truncate_fd(fd.as_fd(), 0)?;
         }
@@ -302,10 +317,13 @@ impl UnionFs {
             (true, false) => sys::unlink_at(upper, name, false)?,
             (false, _) => self.make_whiteout(upper, name, false)?,
         }
+        // The parent's times changed by themselves: every path above modified it.
+        // The parent's lock goes before the child's is taken: `with_place` takes a child's
+        // and then its parent's, so holding them the other way round deadlocks.
+        drop(pst);
         if let Some(n) = self.nodes.get(found.id) {
             self.name_removed(&n, &parent_node, name, Some((found.stat, found.layer)));
         }
-        // The parent's times changed by themselves: every path above modified it.
         Ok(())
     }
 

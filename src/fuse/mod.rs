@@ -806,8 +806,8 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(ino.0) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0, req.uid() == 0) {
             Ok(v) => reply_xattr(&v, size, reply),
             Err(e) => reply.error(errno(e)),
         }

@@ -13,7 +13,7 @@ pub mod options;
 mod record;
 
 use record::write_pid_file;
-pub use record::{MountRecord, daemon_pid, mount_record, pid_file};
+pub use record::{MountRecord, daemon_pid, mount_record, pid_file, stale_records};
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

@@ -125,6 +125,47 @@ pub fn mount_record(mountpoint: &Path) -> Option<MountRecord> {
     Some(rec)
 }
 
+/// Runtime records left by daemons that are gone (killed, or crashed before cleaning
+/// up): pid files whose process is not running, their control sockets, and temp files
+/// of an interrupted write. A daemon whose mount was lazily detached still runs, so its
+/// record is not stale.
+pub fn stale_records() -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(runtime_dir()) else {
+        return Vec::new();
+    };
+    let pid_is_stale = |path: &Path| {
+        fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            .is_none_or(|pid| !is_ufsd_process(pid))
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let stale = match path.extension().and_then(|x| x.to_str()) {
+            // A daemon renames its temp file at once; an old one was left by a crash.
+            Some("tmp") => e.metadata().and_then(|m| m.modified()).is_ok_and(|t| {
+                t.elapsed()
+                    .is_ok_and(|age| age > std::time::Duration::from_secs(10))
+            }),
+            Some("pid") => pid_is_stale(&path),
+            Some("sock") => pid_is_stale(&path.with_extension("pid")),
+            _ => false,
+        };
+        if stale {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether `pid` runs and is a ufsd (a dead daemon's pid may have been reused).
+fn is_ufsd_process(pid: i32) -> bool {
+    process::process_alive(pid)
+        && fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ufsd")
+}
+
 /// The daemon pid recorded for `mountpoint`.
 pub fn daemon_pid(mountpoint: &Path) -> Option<i32> {
     mount_record(mountpoint).map(|r| r.pid)

@@ -10,6 +10,8 @@
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod posix;
+
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{CString, OsStr, OsString};

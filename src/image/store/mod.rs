@@ -32,6 +32,7 @@
 //! - An image's id is the digest of its config, as in docker.
 
 mod blob;
+mod check;
 mod containers;
 mod index;
 mod ingest;
@@ -52,6 +53,7 @@ use super::{ImageError, ImageResult};
 use crate::sys::lock::{FileLock, LockKind};
 
 pub use blob::{BlobReader, Verify, digest_from_hasher, sha256_digest};
+pub use check::{LayerCheck, RepairReport, compare_trees};
 pub use containers::ContainerRecord;
 pub use index::{Image, ImageId, ImageSummary, Layer, split_ref_name};
 pub use ingest::ScratchDir;

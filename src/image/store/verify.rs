@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use serde::Serialize;
 
-use super::Store;
 use super::index::ref_name;
+use super::{ContainerRecord, Store};
 use crate::image::reference::parse_sha256;
 use crate::image::{ImageError, ImageResult};
 use crate::sys::lock::LockKind;
@@ -30,8 +30,18 @@ pub struct VerifyReport {
     /// Temp files and trees left by interrupted commands (only listed when no writer is
     /// active, since a running writer's files look the same).
     pub leftovers: Vec<PathBuf>,
-    /// Index entries or images that cannot be followed: (what, why).
+    /// Index entries, images, extracted layers or container records that cannot be
+    /// followed or are not what they should be: (what, why).
     pub damaged: Vec<(String, String)>,
+    /// `containers/<name>/` directories without a `container.json`: left by an interrupted
+    /// create or remove (only listed when no writer is active).
+    pub orphan_containers: Vec<PathBuf>,
+    /// How many blobs were hashed, and their bytes.
+    pub blobs_checked: usize,
+    pub bytes_hashed: u64,
+    /// How many extracted layers and container records were looked at.
+    pub layers_present: usize,
+    pub containers_checked: usize,
 }
 
 impl VerifyReport {
@@ -62,6 +72,8 @@ impl Store {
                 continue;
             };
             let actual = Self::hash_blob_file(&e.path())?;
+            report.blobs_checked += 1;
+            report.bytes_hashed += e.metadata().map_or(0, |m| m.len());
             if actual != digest {
                 corrupt.insert(name.clone());
                 report
@@ -73,6 +85,7 @@ impl Store {
 
         let mut blobs = HashSet::new();
         let mut diff_ids = HashSet::new();
+        let mut image_ids = HashSet::new();
         let mut todo: Vec<(Descriptor, String)> = index
             .manifests()
             .iter()
@@ -92,6 +105,7 @@ impl Store {
             }
             let children: ImageResult<Vec<(Descriptor, String)>> = match d.media_type() {
                 MediaType::ImageManifest => self.read_json::<ImageManifest>(&d).and_then(|m| {
+                    image_ids.insert(m.config().digest().to_string());
                     let cfg: oci_spec::image::ImageConfiguration =
                         match self.has_blob(m.config().digest()) {
                             true if !corrupt.contains(m.config().digest().digest()) => {
@@ -134,11 +148,20 @@ impl Store {
             let name = e.file_name().to_string_lossy().into_owned();
             if parse_sha256(&format!("sha256:{name}")).is_none() {
                 report.foreign.push(e.path());
+                continue;
+            }
+            report.layers_present += 1;
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                report.damaged.push((
+                    format!("layer sha256:{name}"),
+                    "not a directory".to_string(),
+                ));
             } else if !diff_ids.contains(&name) {
                 report.unreferenced_layers.push(name);
             }
         }
         report.unreferenced_layers.sort();
+        self.verify_containers(&image_ids, &mut report)?;
 
         if let Some(_ingest) = self.try_lock_ingest()? {
             let tmp = self.root.join("tmp");
@@ -150,5 +173,52 @@ impl Store {
             report.leftovers.sort();
         }
         Ok(report)
+    }
+
+    /// Every container record must parse, be named like its directory and name an image
+    /// of the store; a container directory without a record is a leftover.
+    fn verify_containers(
+        &self,
+        image_ids: &HashSet<String>,
+        report: &mut VerifyReport,
+    ) -> ImageResult<()> {
+        let dir = self.root.join("containers");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(ImageError::io("read", &dir)(e)),
+        };
+        for e in entries {
+            let e = e.map_err(ImageError::io("read", &dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let record = e.path().join("container.json");
+            let bytes = match fs::read(&record) {
+                Ok(b) => b,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    report.orphan_containers.push(e.path());
+                    continue;
+                }
+                Err(err) => {
+                    report
+                        .damaged
+                        .push((format!("container {name}"), err.to_string()));
+                    continue;
+                }
+            };
+            report.containers_checked += 1;
+            let why = match serde_json::from_slice::<ContainerRecord>(&bytes) {
+                Err(err) => Some(format!("container.json does not parse: {err}")),
+                Ok(r) if r.name != name => Some(format!("its record names {:?}", r.name)),
+                Ok(r) if !image_ids.contains(&r.image) => {
+                    Some(format!("its image {} is not in the store", r.image))
+                }
+                Ok(_) => None,
+            };
+            if let Some(why) = why {
+                report.damaged.push((format!("container {name}"), why));
+            }
+        }
+        report.orphan_containers.sort();
+        Ok(())
     }
 }
