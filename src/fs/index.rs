@@ -25,6 +25,8 @@ const CAPACITY: usize = 64;
 #[derive(Debug, Default)]
 pub struct IndexCache {
     entries: Mutex<VecDeque<(u64, u64, Arc<DirIndex>)>>,
+    /// Lookups answered without an index, per directory (bounded like `entries`).
+    misses: Mutex<VecDeque<(u64, u32)>>,
     /// Counts `drop_dir` calls, so that an index listed while a directory changed is not
     /// stored afterwards (the change's drop would come before the stale put).
     drops: AtomicU64,
@@ -38,6 +40,21 @@ impl IndexCache {
             .iter()
             .find(|(i, g, _)| *i == id && *g == generation)
             .map(|(_, _, idx)| idx.clone())
+    }
+
+    /// Counts one more lookup in directory `id` that found no index, and returns how
+    /// many there have been lately.
+    pub fn note_miss(&self, id: u64) -> u32 {
+        let mut misses = self.misses.lock();
+        if let Some(m) = misses.iter_mut().find(|(i, _)| *i == id) {
+            m.1 += 1;
+            return m.1;
+        }
+        if misses.len() >= CAPACITY {
+            misses.pop_front();
+        }
+        misses.push_back((id, 1));
+        1
     }
 
     /// A token to pass to [`Self::put`]: take it before listing the directory.
@@ -86,6 +103,14 @@ mod tests {
         }
         assert!(c.get(0, 0).is_none(), "oldest evicted");
         assert!(c.get(CAPACITY as u64 + 4, 0).is_some());
+    }
+
+    #[test]
+    fn misses_are_counted_per_directory() {
+        let c = IndexCache::default();
+        assert_eq!(c.note_miss(3), 1);
+        assert_eq!(c.note_miss(3), 2);
+        assert_eq!(c.note_miss(4), 1);
     }
 
     #[test]

@@ -327,7 +327,11 @@ impl UnionFs {
         name: &OsStr,
     ) -> SysResult<Option<Found>> {
         let mut index = self.indexes.get(parent.id, self.generation());
-        if index.is_none() && pst.dirs.len() >= INDEX_MIN_LAYERS {
+        if index.is_none()
+            && pst.dirs.len() > 1
+            && (pst.dirs.len() >= INDEX_MIN_LAYERS
+                || self.indexes.note_miss(parent.id) >= INDEX_AFTER_LOOKUPS)
+        {
             index = Some(self.build_index(parent.id, pst)?);
         }
         if let Some(index) = index {
@@ -660,6 +664,10 @@ impl UnionFs {
 /// Directories merged from at least this many layers get a name index on their first
 /// lookup: probing each layer for each name costs more than listing them all once.
 const INDEX_MIN_LAYERS: usize = 8;
+
+/// Other merged directories get one after this many lookups (a walk that stats every
+/// name, say): one listing per layer instead of a probe per layer for every name.
+const INDEX_AFTER_LOOKUPS: u32 = 4;
 
 /// Which layer shows each name of a merged listing, and as what.
 fn index_of(merged: &[MergedEntry]) -> DirIndex {
