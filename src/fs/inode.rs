@@ -252,6 +252,11 @@ impl NodeTable {
         self.nodes.is_empty()
     }
 
+    /// An id no backing inode maps to, for an object whose own number is taken.
+    pub fn fresh_id(&self) -> u64 {
+        (SYNTHETIC_DEV << INO_BITS) | self.next_synthetic.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// The id for a backing inode on the device with index `dev_index`.
     pub fn id_for(&self, dev_index: usize, ino: u64) -> u64 {
         let dev = dev_index as u64;

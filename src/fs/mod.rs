@@ -48,6 +48,9 @@ pub struct DirItem {
     pub name: OsString,
     pub kind: FileKind,
     pub ino: u64,
+    /// The readdir offset just past this entry: derived from the name (see
+    /// [`dir_offset`]), so that it means the same in every listing of the directory.
+    pub off: u64,
 }
 
 /// An opened regular file.
@@ -582,11 +585,13 @@ impl UnionFs {
             name: ".".into(),
             kind: FileKind::Directory,
             ino: node.id,
+            off: 1,
         });
         out.push(DirItem {
             name: "..".into(),
             kind: FileKind::Directory,
             ino: parent_id,
+            off: 2,
         });
         let upper_dev = self.stack.upper().map(|u| self.stack.layer(u).dev);
         for e in merged {
@@ -606,11 +611,14 @@ impl UnionFs {
                 self.nodes.id_for(dev, ino)
             });
             out.push(DirItem {
+                off: dir_offset(e.name.as_bytes()),
                 name: e.name,
                 kind: e.kind,
                 ino,
             });
         }
+        // In offset order, so that a listing resumes after any offset it handed out.
+        out[2..].sort_unstable_by_key(|d| d.off);
         Ok(out)
     }
 
@@ -675,4 +683,19 @@ fn index_of(merged: &[MergedEntry]) -> DirIndex {
         .iter()
         .map(|e| (e.name.clone(), (e.layer, e.kind)))
         .collect()
+}
+
+/// The readdir offset of the entry `name`: a hash of the name, above the offsets of `.`
+/// and `..`. The kernel may resume a listing from a page it cached, or from another open
+/// handle's listing, after the directory changed: an offset that names the same entry in
+/// every listing resumes at the right place (entries created meanwhile may or may not be
+/// seen, as POSIX allows), where a position would skip or repeat names. Two names with
+/// one hash (a chance of about n²/2⁶³) could lose the second at a chunk boundary.
+fn dir_offset(name: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    3 + (h >> 2)
 }

@@ -213,6 +213,22 @@ impl UnionFs {
             }
             Slot::Taken => return Err(Errno::EEXIST),
         }
+        // The new object may have the inode number of a removed one the kernel still
+        // knows (its node is live until the kernel forgets it): ids must not be shared,
+        // so the new object gets a fresh one, kept like a copied-up file's.
+        let st = sys::stat_at(upper, name)?;
+        let id = self
+            .nodes
+            .id_for(self.stack.dev_index(st.st_dev), st.st_ino);
+        let id = self
+            .copied
+            .get(&(st.st_dev, st.st_ino))
+            .map(|i| *i)
+            .unwrap_or(id);
+        if self.nodes.get(id).is_some() {
+            self.copied
+                .insert((st.st_dev, st.st_ino), self.nodes.fresh_id());
+        }
         drop(pst);
         self.lookup(parent, name)
     }

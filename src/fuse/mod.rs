@@ -704,9 +704,11 @@ impl Filesystem for FuseAdapter {
             Ok(items) => items,
             Err(e) => return reply.error(errno(e)),
         };
-        for (i, item) in items.iter().enumerate().skip(offset as usize) {
+        // Offsets name entries (see `fs::DirItem::off`): resume after the one given.
+        let start = items.partition_point(|d| d.off <= offset);
+        for item in &items[start..] {
             let kind = file_type(item.kind);
-            if reply.add(INodeNo(item.ino), i as u64 + 1, kind, &item.name) {
+            if reply.add(INodeNo(item.ino), item.off, kind, &item.name) {
                 break;
             }
         }
@@ -725,8 +727,9 @@ impl Filesystem for FuseAdapter {
             Ok(items) => items,
             Err(e) => return reply.error(errno(e)),
         };
-        for (i, item) in items.iter().enumerate().skip(offset as usize) {
-            let next = i as u64 + 1;
+        let start = items.partition_point(|d| d.off <= offset);
+        for item in &items[start..] {
+            let next = item.off;
             if item.name == "." || item.name == ".." {
                 // The kernel links neither, so they cost no lookup count.
                 let mut st = sys::zeroed_stat();
