@@ -164,7 +164,10 @@ fn docker_tutorial_workflow_end_to_end() {
     );
     let base_id = ok(
         "ufsd import",
-        ufsd(&root, &["import", base_tar.to_str().unwrap(), "base:latest"]),
+        ufsd(
+            &root,
+            &["import", base_tar.to_str().unwrap(), "base:latest"],
+        ),
     );
     assert!(base_id.trim().starts_with("sha256:"), "{base_id}");
 
@@ -213,7 +216,10 @@ fn docker_tutorial_workflow_end_to_end() {
     let lines: Vec<&str> = history.lines().collect();
     assert_eq!(lines.len(), 3, "a header and two layers:\n{history}");
     assert!(lines[0].contains("COMMENT"), "{history}");
-    assert!(lines[1].contains("add HelloWorld"), "newest first:\n{history}");
+    assert!(
+        lines[1].contains("add HelloWorld"),
+        "newest first:\n{history}"
+    );
     assert!(!lines[2].contains("add HelloWorld"), "{history}");
     let hj = json(&ok(
         "ufsd history --json",
@@ -287,7 +293,10 @@ fn docker_tutorial_workflow_end_to_end() {
     let export = d.path().join("hello.tar");
     ok(
         "ufsd export",
-        ufsd(&root, &["export", "hello:v2", "-o", export.to_str().unwrap()]),
+        ufsd(
+            &root,
+            &["export", "hello:v2", "-o", export.to_str().unwrap()],
+        ),
     );
     let entries = tar_entries(&export);
     for want in [
@@ -331,13 +340,20 @@ fn docker_tutorial_workflow_end_to_end() {
     let v2_id = image_id(&root, "hello:v2");
     assert_eq!(image_id(&root, "hello:latest"), v2_id);
     let listed = ok("ufsd images", ufsd(&root, &["images", "hello"]));
-    assert_eq!(listed.lines().count(), 4, "header + v1, v2, latest:\n{listed}");
+    assert_eq!(
+        listed.lines().count(),
+        4,
+        "header + v1, v2, latest:\n{listed}"
+    );
 
     // Save an OCI layout; skopeo and umoci read it.
     let layout = d.path().join("layout");
     ok(
         "ufsd save",
-        ufsd(&root, &["save", "hello:latest", "-o", layout.to_str().unwrap()]),
+        ufsd(
+            &root,
+            &["save", "hello:latest", "-o", layout.to_str().unwrap()],
+        ),
     );
     let l = layout.to_str().unwrap();
     let sk = json(&run(

@@ -29,7 +29,7 @@ pub struct DiffArgs {
     #[arg(
         value_name = "CONTAINER|MOUNTPOINT",
         required_unless_present = "upper",
-        conflicts_with = "upper"
+        conflicts_with_all = ["upper", "lower"]
     )]
     target: Option<String>,
     /// The upper layer directory (instead of a container or mount point).
