@@ -5,7 +5,8 @@
 //! in a container of the new image remove a lower file: diff prints `D` for it and `C` for
 //! its directory; commit again and see the image size grow although a file was removed;
 //! export and list the tar; tag; save; skopeo and umoci read the saved layout (and umoci's
-//! unpacked tree equals `ufsd export`'s).
+//! unpacked tree equals `ufsd export`'s); rmi. Long operations write nothing to stderr
+//! when it is not a terminal.
 //!
 //! Needs root, /dev/fuse, GNU tar, skopeo and umoci (as CI has); nothing skips. Every
 //! container is removed (and unmounted) by a guard, even when an assertion fails.
@@ -36,6 +37,15 @@ fn ok(what: &str, o: Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The same, also asserting that nothing went to stderr: long operations show a progress
+/// bar only on a terminal and stay quiet otherwise.
+fn quiet(what: &str, o: Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let out = ok(what, o);
+    assert!(err.is_empty(), "{what} wrote to stderr: {err}");
+    out
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
@@ -162,7 +172,7 @@ fn docker_tutorial_workflow_end_to_end() {
             ".",
         ],
     );
-    let base_id = ok(
+    let base_id = quiet(
         "ufsd import",
         ufsd(
             &root,
@@ -195,7 +205,7 @@ fn docker_tutorial_workflow_end_to_end() {
 
     // Commit with an author and a message; history shows two layers, the comment on top.
     let author = "Tutorial Author <author@example.org>";
-    let v1_id = ok(
+    let v1_id = quiet(
         "ufsd commit",
         ufsd(
             &root,
@@ -268,7 +278,7 @@ fn docker_tutorial_workflow_end_to_end() {
     let v1_size = image_size(&root, "hello:v1");
     let base_size = image_size(&root, "base:latest");
     assert!(v1_size > base_size, "{v1_size} <= {base_size}");
-    ok(
+    quiet(
         "ufsd commit",
         ufsd(
             &root,
@@ -291,7 +301,7 @@ fn docker_tutorial_workflow_end_to_end() {
 
     // Export and list the tar: the flattened tree, no whiteouts.
     let export = d.path().join("hello.tar");
-    ok(
+    quiet(
         "ufsd export",
         ufsd(
             &root,
@@ -317,7 +327,7 @@ fn docker_tutorial_workflow_end_to_end() {
     assert!(!entries.iter().any(|e| e.contains(".wh.")), "{entries:?}");
     // Exporting the container (by mount point) gives the same list.
     let export_c = d.path().join("container.tar");
-    ok(
+    quiet(
         "ufsd export",
         ufsd(
             &root,
@@ -348,7 +358,7 @@ fn docker_tutorial_workflow_end_to_end() {
 
     // Save an OCI layout; skopeo and umoci read it.
     let layout = d.path().join("layout");
-    ok(
+    quiet(
         "ufsd save",
         ufsd(
             &root,
@@ -392,6 +402,23 @@ fn docker_tutorial_workflow_end_to_end() {
     assert_same_tree(&bundle.join("rootfs"), &exported);
     assert!(bundle.join("rootfs/HelloWorld").is_file());
     assert!(!bundle.join("rootfs/etc/motd").exists());
+
+    // rmi: a second name only untags; the parent of a tagged child is refused (one line,
+    // the store unchanged) unless -f.
+    assert_eq!(
+        ok("ufsd rmi", ufsd(&root, &["rmi", "hello:latest"])),
+        "Untagged: hello:latest\n"
+    );
+    let index = fs::read(root.join("index.json")).unwrap();
+    let refused = ufsd(&root, &["rmi", "hello:v1"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "rmi of a parent succeeded");
+    assert!(
+        err.lines().count() == 1 && err.starts_with("ufsd: ") && err.contains("hello:v2"),
+        "{err}"
+    );
+    assert_eq!(fs::read(root.join("index.json")).unwrap(), index);
+    assert_eq!(image_id(&root, "hello:v2"), v2_id);
 
     // Nothing is left behind: no containers, no mounts.
     let ps = json(&ok("ufsd ps", ufsd(&root, &["ps", "--json"])));
