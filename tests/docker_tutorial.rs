@@ -340,6 +340,28 @@ fn docker_tutorial_workflow_end_to_end() {
         ),
     );
     assert_eq!(tar_entries(&export_c), entries);
+
+    // Unmounted, the container still diffs and exports offline, by name.
+    ok(
+        "ufsd umount",
+        ufsd(&root, &["umount", mnt2.to_str().unwrap()]),
+    );
+    assert_eq!(mount_type_at(&mnt2), None);
+    let ps = json(&ok("ufsd ps", ufsd(&root, &["ps", "--json"])));
+    assert_eq!(ps[0]["mounted"], false, "{ps:#}");
+    assert_eq!(
+        ok("ufsd diff", ufsd(&root, &["diff", &c2.name])),
+        "C /etc\nD /etc/motd\n"
+    );
+    let export_off = d.path().join("offline.tar");
+    quiet(
+        "ufsd export",
+        ufsd(
+            &root,
+            &["export", &c2.name, "-o", export_off.to_str().unwrap()],
+        ),
+    );
+    assert_eq!(tar_entries(&export_off), entries);
     drop(c2);
 
     // Tag: the new name is the same image.
