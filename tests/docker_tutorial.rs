@@ -350,6 +350,16 @@ fn docker_tutorial_workflow_end_to_end() {
     let ps = json(&ok("ufsd ps", ufsd(&root, &["ps", "--json"])));
     assert_eq!(ps[0]["mounted"], false, "{ps:#}");
     assert_eq!(
+        ok(
+            "ufsd ps --format",
+            ufsd(
+                &root,
+                &["ps", "--format", "{{.Name}} {{.Mounted}} {{.Image}}"]
+            )
+        ),
+        format!("{} false hello:v1\n", c2.name)
+    );
+    assert_eq!(
         ok("ufsd diff", ufsd(&root, &["diff", &c2.name])),
         "C /etc\nD /etc/motd\n"
     );
@@ -376,6 +386,48 @@ fn docker_tutorial_workflow_end_to_end() {
         listed.lines().count(),
         4,
         "header + v1, v2, latest:\n{listed}"
+    );
+    // --format for scripts, docker style.
+    let listed = ok(
+        "ufsd images --format",
+        ufsd(
+            &root,
+            &[
+                "images",
+                "hello",
+                "--format",
+                "{{.Repository}}:{{.Tag}}\\t{{.ID}}",
+            ],
+        ),
+    );
+    let mut lines: Vec<&str> = listed.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            format!("hello:latest\t{v2_id}"),
+            format!("hello:v1\t{}", v1_id.trim()),
+            format!("hello:v2\t{v2_id}"),
+        ],
+        "{listed}"
+    );
+    let steps = ok(
+        "ufsd history --format",
+        ufsd(
+            &root,
+            &["history", "hello:v2", "--format", "{{.Comment}}|{{.Size}}"],
+        ),
+    );
+    let steps: Vec<&str> = steps.lines().collect();
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    assert!(steps[0].starts_with("remove motd|"), "{steps:?}");
+    assert!(steps[1].starts_with("add HelloWorld|"), "{steps:?}");
+    let bad = ufsd(&root, &["images", "--format", "{{.Nope}}"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        err.lines().count() == 1 && err.contains(".Nope") && err.contains(".Repository"),
+        "{err}"
     );
 
     // Save an OCI layout; skopeo and umoci read it.
