@@ -357,7 +357,7 @@ fn check_snapshot(dir: &Path) -> u64 {
 }
 
 #[test]
-fn live_commit_while_writing_is_a_consistent_snapshot() {
+fn live_commit_and_diff_while_writing_are_consistent_snapshots() {
     let d = scratch();
     let root = store_with_base(d.path());
     let mnt = mkdir(d.path(), "mnt");
@@ -400,6 +400,26 @@ fn live_commit_while_writing_is_a_consistent_snapshot() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while written.load(Ordering::SeqCst) < at_commit + 50 {
         assert!(Instant::now() < deadline, "writes stalled after the commit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A live diff, paused too, lists the writer's files of one moment: f00000..=fN
+    // without a gap (files are created in order), and the writer goes on afterwards.
+    let listed = ok(ufsd(&root, &["diff", &name]));
+    let mut seen: Vec<u64> = listed
+        .lines()
+        .filter_map(|l| l.strip_prefix("A /d/f"))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    seen.sort();
+    assert!(seen.len() > 50, "{listed}");
+    assert!(
+        seen.iter().enumerate().all(|(i, n)| *n == i as u64),
+        "the live diff has gaps: {seen:?}"
+    );
+    let at_diff = written.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while written.load(Ordering::SeqCst) < at_diff + 50 {
+        assert!(Instant::now() < deadline, "writes stalled after the diff");
         std::thread::sleep(Duration::from_millis(5));
     }
     stop.store(true, Ordering::SeqCst);

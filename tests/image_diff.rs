@@ -488,6 +488,18 @@ fn refusals_are_one_line() {
     assert!(!out.status.success());
     let out = run_ufsd(["diff", "--lower", "/x"]);
     assert!(!out.status.success());
+    // --lower beside a container or mount point would be ignored: refused instead.
+    let out = run_ufsd([
+        OsStr::new("diff"),
+        OsStr::new("--lower"),
+        OsStr::new("/x"),
+        mnt.as_os_str(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--lower"),
+        "{out:?}"
+    );
     let help = run_ufsd(["diff", "--help"]);
     assert!(String::from_utf8_lossy(&help.stdout).contains("Example"));
 }

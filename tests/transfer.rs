@@ -269,6 +269,50 @@ fn export_of_an_image_equals_export_of_a_mount_of_its_layers() {
     export_tree(&root, mnt.to_str().unwrap(), &by_mount);
     drop(m);
     assert_same_tree(&by_image, &by_mount);
+
+    // The same layers named as --upper and --lower: merged offline, same tree, and no
+    // store is needed (none is created).
+    let by_dirs_tar = d.path().join("by-dirs.tar");
+    let no_store = d.path().join("no-store");
+    ok(ufsd(
+        &no_store,
+        &[
+            "export",
+            "--upper",
+            lowers[0].to_str().unwrap(),
+            "--lower",
+            lowers[1].to_str().unwrap(),
+            "-o",
+            by_dirs_tar.to_str().unwrap(),
+        ],
+    ));
+    assert!(!no_store.exists());
+    let by_dirs = d.path().join("by-dirs");
+    gnu_untar(&by_dirs_tar, &by_dirs);
+    assert_same_tree(&by_image, &by_dirs);
+    // A missing layer directory is one clear line, and no tar is left behind.
+    let missing = d.path().join("missing");
+    let bad_tar = d.path().join("bad.tar");
+    fixture::refused(
+        &ufsd(
+            &no_store,
+            &[
+                "export",
+                "--upper",
+                lowers[0].to_str().unwrap(),
+                "--lower",
+                missing.to_str().unwrap(),
+                "-o",
+                bad_tar.to_str().unwrap(),
+            ],
+        ),
+        &["missing", "not a directory"],
+    );
+    assert!(!bad_tar.exists());
+    // --lower beside a source would be ignored: a usage error instead.
+    let out = ufsd(&root, &["export", "--lower", "/x", "two:layers"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--lower"), "{}", stderr(&out));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use super::table::{ago, render};
+use super::table::{ago, format_rows, render};
 use crate::container::{self, Container, Target};
 use crate::image::rfc3339;
 use crate::image::store::Store;
@@ -17,7 +17,8 @@ use crate::image::store::Store;
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     ufsd ps                          # CONTAINER  IMAGE  CREATED  STATUS  MOUNTPOINT\n  \
-    ufsd ps --json | jq -r '.[] | select(.mounted) | .name'\n\n\
+    ufsd ps --json | jq -r '.[] | select(.mounted) | .name'\n  \
+    ufsd ps --format '{{.Name}} {{.Mountpoint}}'\n\n\
     Every container of the store is listed, mounted or not (docker's ps -a). STATUS is\n\
     \"mounted\" while a daemon serves the container; MOUNTPOINT is where it is or was\n\
     last mounted.")]
@@ -28,6 +29,10 @@ pub struct PsArgs {
     /// Only container names, one per line.
     #[arg(short, long)]
     quiet: bool,
+    /// One line per container from a template: {{.Name}}, {{.Image}}, {{.ImageID}},
+    /// {{.Created}}, {{.Mounted}}, {{.Mountpoint}}; \t is a tab.
+    #[arg(long, value_name = "TEMPLATE", conflicts_with_all = ["json", "quiet"])]
+    format: Option<String>,
 }
 
 /// Remove containers.
@@ -67,7 +72,7 @@ pub fn ps(root: &Path, a: PsArgs) -> Result<ExitCode> {
             hex[..hex.len().min(12)].to_string()
         })
     };
-    if a.json {
+    if a.json || a.format.is_some() {
         let rows: Vec<_> = list
             .iter()
             .map(|c| {
@@ -81,8 +86,11 @@ pub fn ps(root: &Path, a: PsArgs) -> Result<ExitCode> {
                 })
             })
             .collect();
-        return print(&format!("{}\n", serde_json::to_string_pretty(&rows)?))
-            .map(|()| ExitCode::SUCCESS);
+        let text = match &a.format {
+            Some(t) => format_rows(t, &rows).map_err(anyhow::Error::msg)?,
+            None => format!("{}\n", serde_json::to_string_pretty(&rows)?),
+        };
+        return print(&text).map(|()| ExitCode::SUCCESS);
     }
     let now = rfc3339::now();
     let rows: Vec<Vec<String>> = list

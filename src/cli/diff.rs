@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::subject;
 use crate::image::diff::{self, Change};
+use crate::mount::control::ControlClient;
 
 /// Show what the upper layer changed, as `docker diff` does.
 #[derive(Debug, Args)]
@@ -22,14 +23,15 @@ use crate::image::diff::{self, Change};
     a newline is printed in double quotes with C escapes. --json prints\n\
     [{\"kind\":\"A\",\"path\":\"/x\"}], with \"path_b64\" instead of \"path\" for a path that is\n\
     not UTF-8. Works on any overlayfs-format upper layer (ufsd, kernel overlayfs, overlay2).\n\
-    An argument without '/' is a container name if one matches, else a directory.")]
+    An argument without '/' is a container name if one matches, else a directory.\n\
+    A live mount's writes are paused while its upper layer is read (--no-pause: not).")]
 pub struct DiffArgs {
     /// A container (name or unique prefix) or a ufsd mount point: its layers are those of
     /// the container or the mount's daemon.
     #[arg(
         value_name = "CONTAINER|MOUNTPOINT",
         required_unless_present = "upper",
-        conflicts_with = "upper"
+        conflicts_with_all = ["upper", "lower"]
     )]
     target: Option<String>,
     /// The upper layer directory (instead of a container or mount point).
@@ -41,6 +43,9 @@ pub struct DiffArgs {
     /// Print a JSON array instead of lines.
     #[arg(long)]
     json: bool,
+    /// Do not pause a live mount's writes while its upper layer is read.
+    #[arg(long)]
+    no_pause: bool,
 }
 
 fn print(changes: &[Change], json: bool) -> io::Result<()> {
@@ -66,7 +71,26 @@ pub fn run(a: DiffArgs, root: Result<PathBuf>) -> Result<ExitCode> {
         (None, Some(u)) => subject::from_dirs(u, a.lower.as_deref()),
         (None, None) => bail!("give a container, a mount point, or --upper"),
     };
-    let changes = diff::diff(&target.upper, &target.lowers)?;
+    // A live mount's writes are held while the upper layer is read (as commit does), so
+    // the list is the state of one moment; a mount whose control socket does not answer
+    // is read as it goes.
+    let paused = match &target.live {
+        Some(m) if !a.no_pause => match ControlClient::connect(m).and_then(|c| c.pause()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::info!("diff without pausing {}: {e}", m.display());
+                None
+            }
+        },
+        _ => None,
+    };
+    let changes = diff::diff(&target.upper, &target.lowers);
+    if let Some(p) = paused
+        && let Err(e) = p.resume()
+    {
+        log::warn!("resuming the mount: {e}");
+    }
+    let changes = changes?;
     match print(&changes, a.json) {
         // A reader that stopped early (`| head`) is not an error.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),

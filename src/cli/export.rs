@@ -17,7 +17,8 @@ use crate::image::transfer::export::{Source, export};
 #[command(after_help = "Examples:\n  \
     ufsd export base:latest -o base.tar\n  \
     ufsd export /mnt/rw | tar -t\n  \
-    ufsd export web > web.tar         # a container: its upper layer over its image\n\n\
+    ufsd export web > web.tar         # a container: its upper layer over its image\n  \
+    ufsd export --upper /srv/up --lower /srv/l2:/srv/l1 -o merged.tar   # no mount needed\n\n\
     An argument that contains '/' and is a directory is read as it is (a ufsd mount or\n\
     any tree); otherwise a container of that name, then an image, then a directory.\n\
     Images are exported offline from their extracted layers; no mount is made. The tar\n\
@@ -25,7 +26,18 @@ use crate::image::transfer::export::{Source, export};
     to a terminal.")]
 pub struct ExportArgs {
     /// An image (NAME[:TAG], id), a container name, or a directory.
-    source: String,
+    #[arg(
+        value_name = "IMAGE|CONTAINER|DIR",
+        required_unless_present = "upper",
+        conflicts_with_all = ["upper", "lower"]
+    )]
+    source: Option<String>,
+    /// An upper layer directory to merge over --lower (instead of a source).
+    #[arg(long, value_name = "DIR")]
+    upper: Option<PathBuf>,
+    /// The lower layers under --upper, top-most first, separated by ':'.
+    #[arg(long, value_name = "DIR[:DIR...]", requires = "upper")]
+    lower: Option<PathBuf>,
     /// Write to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -52,12 +64,26 @@ fn source_of(store: &Store, arg: &str) -> Result<Source> {
 }
 
 pub fn run(root: &Path, a: ExportArgs) -> Result<ExitCode> {
-    let store = Store::open(root)?;
-    let source = source_of(&store, &a.source)?;
+    // Layer directories need no store (and must not create one).
+    let (store, source) = match (&a.source, a.upper) {
+        (Some(s), _) => {
+            let store = Store::open(root)?;
+            let source = source_of(&store, s)?;
+            (Some(store), source)
+        }
+        (None, Some(upper)) => {
+            let mut layers = vec![upper];
+            if let Some(l) = a.lower.as_deref() {
+                layers.extend(super::mount::split_lowers(l));
+            }
+            (None, Source::Layers(layers))
+        }
+        (None, None) => anyhow::bail!("give an image, a container, a directory or --upper"),
+    };
     let mut out = Output::open(a.output.as_deref())?;
     let bar = progress::for_stderr();
     let stats = export(
-        Some(&store),
+        store.as_ref(),
         &source,
         out.writer(),
         &LayerOptions::from_env()?,

@@ -1,6 +1,6 @@
 //! `ufsd images`, `tag`, `rmi`, `history`, `inspect`: listing and managing the images of
 //! the store. Each calls one [`Store`] method and formats its answer: an aligned table for
-//! people, `--json` for scripts.
+//! people, `--json` or `--format` for scripts.
 
 use std::io::Write;
 use std::path::Path;
@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::table::{ago, human_size, render, truncate};
+use super::table::{ago, format_rows, human_size, render, truncate};
 use crate::image::reference::Reference;
 use crate::image::rfc3339;
 use crate::image::store::{Image, Store};
@@ -20,7 +20,8 @@ use crate::image::store::{Image, Store};
 #[command(after_help = "Examples:\n  \
     ufsd images                      # REPOSITORY  TAG  IMAGE ID  CREATED  SIZE\n  \
     ufsd images base                 # only the tags of the repository base\n  \
-    ufsd images --json | jq -r '.[].id'\n\n\
+    ufsd images --json | jq -r '.[].id'\n  \
+    ufsd images --format '{{.Repository}}:{{.Tag}} {{.Size}}'\n\n\
     SIZE is the sum of the image's layer blobs as stored (compressed), not the\n\
     unpacked size docker shows. Images without a tag are listed as <none>.")]
 pub struct ImagesArgs {
@@ -29,6 +30,10 @@ pub struct ImagesArgs {
     /// JSON for scripts: an array of {repository, tag, id, manifest_digest, created, size}.
     #[arg(long)]
     json: bool,
+    /// One line per image from a template: {{.Repository}}, {{.Tag}}, {{.ID}},
+    /// {{.ManifestDigest}}, {{.Created}}, {{.Size}} (bytes); \t is a tab.
+    #[arg(long, value_name = "TEMPLATE", conflicts_with_all = ["json", "quiet"])]
+    format: Option<String>,
     /// Full image ids.
     #[arg(long)]
     no_trunc: bool,
@@ -86,6 +91,10 @@ pub struct HistoryArgs {
     /// JSON for scripts: an array of {layer, created, created_by, size, comment, empty_layer}.
     #[arg(long)]
     json: bool,
+    /// One line per step from a template: {{.Layer}}, {{.Created}}, {{.CreatedBy}},
+    /// {{.Size}} (bytes), {{.Comment}}, {{.EmptyLayer}}; \t is a tab.
+    #[arg(long, value_name = "TEMPLATE", conflicts_with = "json")]
+    format: Option<String>,
 }
 
 /// Show an image's config and layers as JSON.
@@ -136,6 +145,12 @@ pub fn images(root: &Path, a: ImagesArgs) -> Result<ExitCode> {
     if a.json {
         return print(&format!("{}\n", serde_json::to_string_pretty(&list)?))
             .map(|()| ExitCode::SUCCESS);
+    }
+    if let Some(t) = &a.format {
+        let rows = serde_json::to_value(&list)?;
+        let text =
+            format_rows(t, rows.as_array().map_or(&[][..], |v| v)).map_err(anyhow::Error::msg)?;
+        return print(&text).map(|()| ExitCode::SUCCESS);
     }
     let id_of = |s: &crate::image::store::ImageSummary| match &s.id {
         Some(id) if a.no_trunc => id.to_string(),
@@ -251,7 +266,7 @@ fn steps(image: &Image) -> Vec<Step> {
 pub fn history(root: &Path, a: HistoryArgs) -> Result<ExitCode> {
     let image = open(root)?.resolve(&a.image)?;
     let steps = steps(&image);
-    if a.json {
+    if a.json || a.format.is_some() {
         let v: Vec<_> = steps
             .iter()
             .map(|s| {
@@ -261,8 +276,11 @@ pub fn history(root: &Path, a: HistoryArgs) -> Result<ExitCode> {
                 })
             })
             .collect();
-        return print(&format!("{}\n", serde_json::to_string_pretty(&v)?))
-            .map(|()| ExitCode::SUCCESS);
+        let text = match &a.format {
+            Some(t) => format_rows(t, &v).map_err(anyhow::Error::msg)?,
+            None => format!("{}\n", serde_json::to_string_pretty(&v)?),
+        };
+        return print(&text).map(|()| ExitCode::SUCCESS);
     }
     let now = rfc3339::now();
     let rows: Vec<Vec<String>> = steps

@@ -1,5 +1,6 @@
 //! Output for people: aligned tables like docker's (columns at least 20 wide, 3 spaces
-//! apart), sizes in decimal units ("72.8MB"), and ages ("3 minutes ago").
+//! apart), sizes in decimal units ("72.8MB"), and ages ("3 minutes ago"); and `--format`
+//! templates for scripts.
 
 /// Renders rows under headers; every column but the last is padded.
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -88,6 +89,64 @@ pub fn truncate(s: &str, max: usize) -> String {
     t
 }
 
+/// One line per row from a `--format` template, docker style: `{{.Field}}` is the row's
+/// JSON field of that name (case and `_` ignored, so `{{.ID}}` and `{{.CreatedBy}}` work),
+/// `\t` and `\n` are a tab and a newline. Strings print bare, null as nothing, anything
+/// else as JSON. An unknown field or an unclosed `{{` is an error naming the fields.
+pub fn format_rows(template: &str, rows: &[serde_json::Value]) -> Result<String, String> {
+    let template = template.replace("\\t", "\t").replace("\\n", "\n");
+    let key = |k: &str| k.replace('_', "").to_ascii_lowercase();
+    let mut out = String::new();
+    for row in rows {
+        let fields = row.as_object().ok_or("a row that is not an object")?;
+        let names = || {
+            let v: Vec<String> = fields.keys().map(|k| format!(".{}", camel(k))).collect();
+            v.join(", ")
+        };
+        let mut rest = template.as_str();
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find("}}")
+                .ok_or_else(|| format!("--format: '{{{{' without '}}}}' in {template:?}"))?;
+            let name = after[..end].trim();
+            let Some(field) = name.strip_prefix('.').filter(|f| !f.is_empty()) else {
+                return Err(format!(
+                    "--format: {{{{{name}}}}} is not a field; use one of {}",
+                    names()
+                ));
+            };
+            let value = fields
+                .iter()
+                .find(|(k, _)| key(k) == key(field))
+                .map(|(_, v)| v)
+                .ok_or_else(|| format!("--format: no field .{field}; use one of {}", names()))?;
+            match value {
+                serde_json::Value::String(s) => out.push_str(s),
+                serde_json::Value::Null => {}
+                other => out.push_str(&other.to_string()),
+            }
+            rest = &after[end + 2..];
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `created_by` as `CreatedBy`, the spelling docker's templates use.
+fn camel(k: &str) -> String {
+    k.split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +201,26 @@ mod tests {
         assert_eq!(lines[1].find('z'), lines[0].find('C'));
         assert_eq!(truncate("abcdef", 4), "abc…");
         assert_eq!(truncate("abc", 4), "abc");
+    }
+
+    #[test]
+    fn format_templates() {
+        let rows = vec![
+            serde_json::json!({"repository": "base", "tag": "v1", "size": 12, "created_by": null}),
+            serde_json::json!({"repository": "app", "tag": "latest", "size": 3, "created_by": "x"}),
+        ];
+        assert_eq!(
+            format_rows(
+                "{{.Repository}}:{{ .tag }}\\t{{.Size}}{{.CreatedBy}}",
+                &rows
+            )
+            .unwrap(),
+            "base:v1\t12\napp:latest\t3x\n"
+        );
+        let e = format_rows("{{.Nope}}", &rows).unwrap_err();
+        assert!(e.contains(".Nope") && e.contains(".CreatedBy"), "{e}");
+        assert!(format_rows("{{.Tag", &rows).is_err());
+        assert!(format_rows("{{json .}}", &rows).is_err());
+        assert_eq!(format_rows("x", &[]).unwrap(), "");
     }
 }

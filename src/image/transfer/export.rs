@@ -27,6 +27,8 @@ pub enum Source {
     /// A container's name and its image.
     Container(String, Image),
     Directory(PathBuf),
+    /// Layer directories, top-most first (an upper over its lowers), merged offline.
+    Layers(Vec<PathBuf>),
 }
 
 /// Makes sure every layer of `image` is extracted (reporting progress) and returns their
@@ -102,6 +104,18 @@ pub fn export(
                 )));
             }
             vec![dir.clone()]
+        }
+        Source::Layers(dirs) => {
+            if dirs.is_empty() {
+                return Err(ImageError::Invalid("no layer directories to export".into()));
+            }
+            if let Some(bad) = dirs.iter().find(|d| !d.is_dir()) {
+                return Err(ImageError::Invalid(format!(
+                    "{}: not a directory",
+                    bad.display()
+                )));
+            }
+            dirs.clone()
         }
     };
     progress.begin("exporting", None);
