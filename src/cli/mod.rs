@@ -20,6 +20,7 @@ mod subject;
 mod svg;
 mod table;
 mod target;
+mod tour;
 mod umount;
 
 use std::ffi::OsString;
@@ -76,6 +77,7 @@ enum Command {
     Export(export::ExportArgs),
     Save(save::SaveArgs),
     Load(load::LoadArgs),
+    Tour(tour::TourArgs),
 }
 
 /// Whether `name` is one of the subcommands (or `help`).
@@ -189,6 +191,7 @@ pub fn main() -> ExitCode {
             Command::Export(a) => root().and_then(|r| export::run(&r, a)),
             Command::Save(a) => root().and_then(|r| save::run(&r, a)),
             Command::Load(a) => root().and_then(|r| load::run(&r, a)),
+            Command::Tour(a) => tour::run(a),
         }
     };
     match result {
