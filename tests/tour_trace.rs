@@ -91,7 +91,10 @@ fn the_tour_runs_unattended_and_cleans_up() {
         "deleted in layer 2",
         "unmounted and removed",
     ] {
-        assert!(text.contains(want), "{want:?} not in the tour's output:\n{text}");
+        assert!(
+            text.contains(want),
+            "{want:?} not in the tour's output:\n{text}"
+        );
     }
     assert_gone(&sandbox);
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);

@@ -21,6 +21,7 @@ mod svg;
 mod table;
 mod target;
 mod tour;
+mod trace;
 mod umount;
 
 use std::ffi::OsString;
@@ -78,6 +79,7 @@ enum Command {
     Save(save::SaveArgs),
     Load(load::LoadArgs),
     Tour(tour::TourArgs),
+    Trace(trace::TraceArgs),
 }
 
 /// Whether `name` is one of the subcommands (or `help`).
@@ -115,7 +117,8 @@ fn init_logging(verbose: u8) {
     // fuser warns that its own unmount failed after the kernel already unmounted (the
     // normal way a mount ends): not worth a line below -vv.
     let default = match verbose {
-        0 => "warn,fuser::session=error",
+        // Trace lines (-o trace) are info-level but asked for: always shown.
+        0 => "warn,fuser::session=error,ufsd::trace=info",
         1 => "info,fuser::session=error",
         _ => "debug",
     };
@@ -192,6 +195,7 @@ pub fn main() -> ExitCode {
             Command::Save(a) => root().and_then(|r| save::run(&r, a)),
             Command::Load(a) => root().and_then(|r| load::run(&r, a)),
             Command::Tour(a) => tour::run(a),
+            Command::Trace(a) => trace::run(a),
         }
     };
     match result {
