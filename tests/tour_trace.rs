@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{scratch, ufsd_bin};
+use common::{mkdir, mount_ufsd, scratch, ufsd_bin};
 
 /// The sandbox directory a tour reports on its first line.
 fn sandbox_of(first_line: &str) -> PathBuf {
@@ -129,4 +129,148 @@ fn an_interrupted_tour_cleans_up() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{status}");
     assert_gone(&sandbox);
+}
+
+/// Reads trace lines from `ufsd trace` until `n` have come or `wait` passed.
+fn read_lines(rx: &std::sync::mpsc::Receiver<String>, n: usize, wait: Duration) -> Vec<String> {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => got.push(l),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+#[test]
+fn trace_shows_copy_ups_and_whiteouts_live_and_in_the_log() {
+    let tmp = scratch();
+    let d = tmp.path();
+    let (l1, l2) = (mkdir(d, "l1"), mkdir(d, "l2"));
+    mkdir(&l1, "etc");
+    fs::write(l1.join("etc/passwd"), "root\n").unwrap();
+    mkdir(&l1, "usr");
+    mkdir(&l1, "usr/bin");
+    fs::write(l1.join("usr/bin/foo"), "foo\n").unwrap();
+    mkdir(&l1, "cache");
+    fs::write(l1.join("cache/old"), "old\n").unwrap();
+    mkdir(&l2, "etc");
+    fs::write(l2.join("etc/hosts"), "localhost\n").unwrap();
+    let (up, work, mnt) = (mkdir(d, "up"), mkdir(d, "work"), mkdir(d, "mnt"));
+    let log = d.join("daemon.log");
+    let m = mount_ufsd(
+        &[&l2, &l1],
+        Some((&up, &work)),
+        &mnt,
+        &["--trace", "--log-file", log.to_str().unwrap()],
+    );
+
+    let mut follower = Command::new(ufsd_bin())
+        .arg("trace")
+        .arg(&mnt)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    // Wait until the follower listens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = common::run_ufsd(["control", mnt.to_str().unwrap(), "status"]);
+        let s = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(s.contains("trace_log=yes"), "-o trace: {s}");
+        if s.contains("trace_listeners=1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ufsd trace never listened: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("etc/passwd"))
+        .unwrap();
+    fs::remove_file(mnt.join("usr/bin/foo")).unwrap();
+    fs::remove_file(mnt.join("etc/hosts")).unwrap();
+    fs::remove_dir_all(mnt.join("cache")).unwrap();
+    fs::create_dir(mnt.join("cache")).unwrap();
+    // Already copied up: no second line.
+    fs::write(mnt.join("etc/passwd"), "root2\n").unwrap();
+    let want = [
+        "copy-up /etc/ from layer 2 (open for write)",
+        "copy-up /etc/passwd from layer 1 (open for write)",
+        "copy-up /usr/ from layer 1 (unlink)",
+        "copy-up /usr/bin/ from layer 1 (unlink)",
+        "whiteout /usr/bin/foo hides layer 1 (unlink)",
+        "whiteout /etc/hosts hides layer 2 (unlink)",
+        "copy-up /cache/ from layer 1 (unlink)",
+        "whiteout /cache/old hides layer 1 (unlink)",
+        "whiteout /cache/ hides the layers below (rmdir)",
+        "opaque /cache/ hides the layers below (mkdir)",
+    ];
+    let got = read_lines(&rx, want.len(), Duration::from_secs(10));
+    assert_eq!(got, want);
+    let extra = read_lines(&rx, 1, Duration::from_millis(300));
+    assert_eq!(extra, Vec::<String>::new(), "an extra line");
+
+    // Unmounting ends the follower.
+    m.unmount().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while follower.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "ufsd trace outlived its mount");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(follower.wait().unwrap().success());
+    let logged: Vec<String> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once("ufsd::trace] ").map(|(_, t)| t.to_string()))
+        .collect();
+    assert_eq!(logged, want);
+}
+
+#[test]
+fn tracing_can_be_turned_on_at_runtime_and_is_refused_on_other_mounts() {
+    let tmp = scratch();
+    let d = tmp.path();
+    let l1 = mkdir(d, "l1");
+    fs::write(l1.join("f"), "f\n").unwrap();
+    let (up, work, mnt) = (mkdir(d, "up"), mkdir(d, "work"), mkdir(d, "mnt"));
+    let log = d.join("daemon.log");
+    let _m = mount_ufsd(
+        &[&l1],
+        Some((&up, &work)),
+        &mnt,
+        &["--log-file", log.to_str().unwrap()],
+    );
+    let m = mnt.to_str().unwrap();
+    fs::remove_file(mnt.join("f")).unwrap();
+    let on = common::run_ufsd(["trace", m, "--log", "on"]);
+    assert!(on.status.success());
+    fs::write(l1.join("g"), "g\n").unwrap();
+    fs::write(mnt.join("g"), "g2\n").unwrap();
+    let o = common::run_ufsd(["trace", m, "--log", "off"]);
+    assert!(o.status.success());
+    fs::write(mnt.join("h"), "h\n").unwrap();
+    fs::remove_file(mnt.join("h")).unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    let traced: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once("ufsd::trace] ").map(|(_, t)| t))
+        .collect();
+    assert_eq!(traced, ["copy-up /g from layer 1 (open for write)"]);
+    // Not a ufsd mount: one clear line.
+    let o = common::run_ufsd(["trace", d.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no control socket"), "{err}");
 }

@@ -84,7 +84,7 @@ impl Sandbox {
 
 /// Makes a fresh private directory `ufsd-tour.N` under `parent`.
 fn make_sandbox_dir(parent: &Path) -> Result<PathBuf> {
-    let seed = std::process::id() as u64 * 1_000_003
+    let seed = (std::process::id() as u64 * 1_000_003)
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -317,8 +317,9 @@ fn tour(g: &Guide) -> Result<()> {
     );
     g.run("ufsd layers tour:v2")?;
     g.say(
-        "More: ufsd explain --help, ufsd layers --help, docs/semantics.md. Run the tour with
-        --keep to explore the sandbox yourself.",
+        "More: ufsd explain --help, ufsd layers --help, docs/semantics.md. To watch copy-ups
+        and whiteouts as they happen, run `ufsd trace MOUNTPOINT` in a second terminal while
+        you change files (try it with --keep: the tour leaves c2 mounted).",
     );
     Ok(())
 }
