@@ -38,7 +38,7 @@ use crate::sys;
     name = "ufsd",
     version,
     about = "A userspace union filesystem: stack read-only layers under one writable layer",
-    after_help = "Examples:\n  ufsd mount --lower /srv/layers/2:/srv/layers/1 --upper /srv/up --work /srv/work /mnt/merged\n  \
+    after_help = "Examples:\n  ufsd tour                           # a guided tour of the layer rules (start here)\n  ufsd mount --lower /srv/layers/2:/srv/layers/1 --upper /srv/up --work /srv/work /mnt/merged\n  \
                   ufsd mount base:latest /mnt/c       # a container of an image; ufsd commit, ps, rm\n  \
                   ufsd images                         # the images of the store (--root DIR or UFSD_ROOT)\n  \
                   ufsd explain /mnt/merged/etc/passwd # which layer a path comes from, and why\n  \
