@@ -21,6 +21,8 @@ mod subject;
 mod svg;
 mod table;
 mod target;
+mod tour;
+mod trace;
 mod umount;
 
 use std::ffi::OsString;
@@ -37,7 +39,7 @@ use crate::sys;
     name = "ufsd",
     version,
     about = "A userspace union filesystem: stack read-only layers under one writable layer",
-    after_help = "Examples:\n  ufsd mount --lower /srv/layers/2:/srv/layers/1 --upper /srv/up --work /srv/work /mnt/merged\n  \
+    after_help = "Examples:\n  ufsd tour                           # a guided tour of the layer rules (start here)\n  ufsd mount --lower /srv/layers/2:/srv/layers/1 --upper /srv/up --work /srv/work /mnt/merged\n  \
                   ufsd mount base:latest /mnt/c       # a container of an image; ufsd commit, ps, rm\n  \
                   ufsd images                         # the images of the store (--root DIR or UFSD_ROOT)\n  \
                   ufsd explain /mnt/merged/etc/passwd # which layer a path comes from, and why\n  \
@@ -78,6 +80,8 @@ enum Command {
     Save(save::SaveArgs),
     Load(load::LoadArgs),
     Check(check::CheckArgs),
+    Tour(tour::TourArgs),
+    Trace(trace::TraceArgs),
 }
 
 /// Whether `name` is one of the subcommands (or `help`).
@@ -115,7 +119,8 @@ fn init_logging(verbose: u8) {
     // fuser warns that its own unmount failed after the kernel already unmounted (the
     // normal way a mount ends): not worth a line below -vv.
     let default = match verbose {
-        0 => "warn,fuser::session=error",
+        // Trace lines (-o trace) are info-level but asked for: always shown.
+        0 => "warn,fuser::session=error,ufsd::trace=info",
         1 => "info,fuser::session=error",
         _ => "debug",
     };
@@ -192,6 +197,8 @@ pub fn main() -> ExitCode {
             Command::Save(a) => root().and_then(|r| save::run(&r, a)),
             Command::Load(a) => root().and_then(|r| load::run(&r, a)),
             Command::Check(a) => root().and_then(|r| check::run(&r, a)),
+            Command::Tour(a) => tour::run(a),
+            Command::Trace(a) => trace::run(a),
         }
     };
     match result {

@@ -41,13 +41,16 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR", requires = "upper")]
     work: Option<PathBuf>,
     /// Mount options, comma-separated: allow_other, ro, nodev, timeout=SECS, threads=N,
-    /// nopassthrough, whiteout=overlay|oci|auto, and overlay-style
+    /// nopassthrough, whiteout=overlay|oci|auto, trace, and overlay-style
     /// lowerdir=,upperdir=,workdir=.
     #[arg(short = 'o', value_name = "OPTS")]
     options: Vec<String>,
     /// Stay in the foreground instead of returning once the mount is live.
     #[arg(short, long)]
     foreground: bool,
+    /// Log each copy-up and whiteout to the daemon log (as -o trace; see also ufsd trace).
+    #[arg(long)]
+    trace: bool,
     /// Where the background daemon writes its log (otherwise it is discarded).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
@@ -108,11 +111,15 @@ fn config_from(
         cfg.threads = n;
     }
     cfg.passthrough = !o.no_passthrough;
+    cfg.trace = o.trace;
     cfg.whiteout = o.whiteout;
     Ok(cfg)
 }
 
-pub fn run(a: MountArgs, root: impl FnOnce() -> Result<PathBuf>) -> Result<ExitCode> {
+pub fn run(mut a: MountArgs, root: impl FnOnce() -> Result<PathBuf>) -> Result<ExitCode> {
+    if a.trace {
+        a.options.push("trace".into());
+    }
     let mut pos = a.positionals.clone();
     if let Some(c) = &a.container {
         let mnt = match pos.as_slice() {

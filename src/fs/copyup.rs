@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 
 use super::UnionFs;
 use super::inode::Node;
+use super::trace::{self, TraceEvent, TraceKind};
 use crate::layer::FileKind;
 use crate::layer::merge::merge_listings;
 use crate::layer::stack::kind_of;
@@ -76,10 +77,13 @@ impl UnionFs {
             st.parent.clone().ok_or(Errno::EIO)?
         };
         self.copy_up(&parent)?;
+        // Before taking the node's lock: the path walks the ancestors' locks.
+        let path = self.tracer.enabled().then(|| self.path_of(node));
         let mut st = node.state.write();
         if st.layer == 0 {
             return Ok(());
         }
+        let from = st.layer;
         let pst = parent.state.read();
         let upper_parent = pst.dir_in(0).ok_or(Errno::EIO)?;
         let src_dir = pst.dir_in(st.layer).ok_or(Errno::ESTALE)?;
@@ -108,6 +112,14 @@ impl UnionFs {
             self.switch_lower_readers(node.id, upper_parent, &st.name);
         }
         st.layer = 0;
+        if let Some(path) = path {
+            self.tracer.emit(TraceEvent {
+                kind: TraceKind::CopyUp,
+                path,
+                layer: self.layer_number(from),
+                reason: trace::current_reason(),
+            });
+        }
         Ok(())
     }
 
@@ -199,6 +211,7 @@ impl UnionFs {
     /// that has lower parts). Whiteouts inside it become pointless and are removed.
     pub(super) fn copy_up_tree(&self, node: &Arc<Node>) -> SysResult<()> {
         self.copy_up(node)?;
+        let path = self.tracer.enabled().then(|| self.path_of(node));
         let mut st = node.state.write();
         if st.dirs.len() == 1 && st.dirs[0].0 == 0 {
             return Ok(());
@@ -209,6 +222,14 @@ impl UnionFs {
         self.copy_children(&dirs, upper.as_fd(), &mut HashMap::new())?;
         self.set_opaque(upper.as_fd())?;
         st.dirs.truncate(1);
+        if let Some(path) = path {
+            self.tracer.emit(TraceEvent {
+                kind: TraceKind::CopyUpTree,
+                path,
+                layer: None,
+                reason: trace::current_reason(),
+            });
+        }
         // Nodes below now have stale layer instances.
         st.generation = self.tree_gen.fetch_add(1, Ordering::AcqRel) + 1;
         Ok(())

@@ -7,6 +7,7 @@ pub mod gate;
 pub mod handle;
 mod index;
 pub mod inode;
+pub mod trace;
 mod write;
 
 pub use copyup::{WhiteoutFormat, remove_tree};
@@ -82,6 +83,8 @@ pub struct UnionFs {
     tree_gen: AtomicU64,
     /// Merged listings of recently listed directories, for lookups right after a readdir.
     indexes: index::IndexCache,
+    /// Where copy-up and whiteout events go when someone listens.
+    tracer: Arc<trace::Tracer>,
 }
 
 /// A name as found in the merged view by a fresh probe.
@@ -147,11 +150,55 @@ impl UnionFs {
             copied: DashMap::new(),
             tree_gen: AtomicU64::new(0),
             indexes: index::IndexCache::default(),
+            tracer: Arc::default(),
         })
     }
 
     pub fn stack(&self) -> &LayerStack {
         &self.stack
+    }
+
+    /// The tracer of this mount's copy-ups and whiteouts (shared with its control socket).
+    pub fn tracer(&self) -> Arc<trace::Tracer> {
+        self.tracer.clone()
+    }
+
+    /// The merged-view path of `node` (`/` for the root; directories end with `/`), for
+    /// trace lines. Takes each ancestor's lock in turn, never two at once.
+    pub(super) fn path_of(&self, node: &Arc<Node>) -> String {
+        let (mut names, dir) = {
+            let st = node.state.read();
+            (vec![st.name.clone()], st.kind.is_dir())
+        };
+        let mut parent = node.state.read().parent.clone();
+        while let Some(p) = parent {
+            let st = p.state.read();
+            names.push(st.name.clone());
+            parent = st.parent.clone();
+        }
+        let mut path = String::new();
+        for n in names.iter().rev().filter(|n| !n.is_empty()) {
+            path.push('/');
+            path.push_str(&n.to_string_lossy());
+        }
+        if dir || path.is_empty() {
+            path.push('/');
+        }
+        path
+    }
+
+    /// `parent_path` (as [`Self::path_of`] gives it) joined with `name`.
+    pub(super) fn child_path(parent_path: &str, name: &OsStr, dir: bool) -> String {
+        format!(
+            "{parent_path}{}{}",
+            name.to_string_lossy(),
+            if dir { "/" } else { "" }
+        )
+    }
+
+    /// A stack index as `ufsd explain` numbers lower layers: 1 is the bottom.
+    pub(super) fn layer_number(&self, index: usize) -> Option<usize> {
+        (index > 0 && index < self.stack.len()).then(|| self.stack.len() - index)
     }
 
     /// True when there is no upper layer: every change is refused with EROFS.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use super::copyup::{WhiteoutFormat, remove_tree};
 use super::handle::OpenFile;
 use super::inode::{Node, NodeState};
+use super::trace::{self, TraceEvent, TraceKind};
 use super::{Attr, Found, OpenedFile, UnionFs};
 use crate::layer::FileKind;
 use crate::layer::resolve::{Resolver, Step};
@@ -119,6 +120,12 @@ impl UnionFs {
         obj: NewObject<'_>,
         caller: Caller,
     ) -> SysResult<Attr> {
+        let _reason = trace::reason(match &obj {
+            NewObject::File { .. } => "create",
+            NewObject::Dir { .. } => "mkdir",
+            NewObject::Node { .. } => "mknod",
+            NewObject::Symlink { .. } => "symlink",
+        });
         self.writable()?;
         Self::check_new_name(name)?;
         // A 0/0 character device is a whiteout in the upper layer: made by the daemon it
@@ -142,6 +149,7 @@ impl UnionFs {
         }
         self.copy_up(&parent_node)?;
         self.indexes.drop_dir(parent_node.id);
+        let parent_path = self.tracer.enabled().then(|| self.path_of(&parent_node));
         let pst = parent_node.state.read();
         let upper = pst.dir_in(0).ok_or(Errno::EIO)?;
         let parent_st = sys::stat_fd(upper)?;
@@ -185,7 +193,9 @@ impl UnionFs {
             }
             Ok(())
         };
-        match upper_slot(upper, name)? {
+        let slot = upper_slot(upper, name)?;
+        let over_whiteout = matches!(slot, Slot::OverlayWhiteout | Slot::OciWhiteout);
+        match slot {
             Slot::Empty => make(upper, name)?,
             Slot::OverlayWhiteout => {
                 // Build in the work dir and swap it in for the whiteout atomically.
@@ -230,11 +240,23 @@ impl UnionFs {
                 .insert((st.st_dev, st.st_ino), self.nodes.fresh_id());
         }
         drop(pst);
+        if let Some(pp) = parent_path
+            && is_dir
+            && over_whiteout
+        {
+            self.tracer.emit(TraceEvent {
+                kind: TraceKind::Opaque,
+                path: Self::child_path(&pp, name, true),
+                layer: None,
+                reason: trace::current_reason(),
+            });
+        }
         self.lookup(parent, name)
     }
 
     /// Opens a file for writing (copying it up first) or reading.
     pub fn open_for_write(&self, id: u64, flags: i32) -> SysResult<OpenedFile> {
+        let _reason = trace::reason("open for write");
         self.writable()?;
         let node = self.node(id)?;
         if node.state.read().kind.is_dir() {
@@ -299,6 +321,7 @@ impl UnionFs {
 
     /// Removes a non-directory (`dir` false) or an empty directory (`dir` true).
     pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> SysResult<()> {
+        let _reason = trace::reason(if dir { "rmdir" } else { "unlink" });
         self.writable()?;
         let parent_node = self.node(parent)?;
         let found = {
@@ -315,6 +338,7 @@ impl UnionFs {
         }
         self.copy_up(&parent_node)?;
         self.indexes.drop_dir(parent_node.id);
+        let parent_path = self.tracer.enabled().then(|| self.path_of(&parent_node));
         let pst = parent_node.state.read();
         let upper = pst.dir_in(0).ok_or(Errno::EIO)?;
         let in_upper = found.layer == 0;
@@ -337,6 +361,16 @@ impl UnionFs {
         // The parent's lock goes before the child's is taken: `with_place` takes a child's
         // and then its parent's, so holding them the other way round deadlocks.
         drop(pst);
+        if let Some(pp) = parent_path
+            && need_whiteout
+        {
+            self.tracer.emit(TraceEvent {
+                kind: TraceKind::Whiteout,
+                path: Self::child_path(&pp, name, dir),
+                layer: self.layer_number(found.layer),
+                reason: trace::current_reason(),
+            });
+        }
         if let Some(n) = self.nodes.get(found.id) {
             self.name_removed(&n, &parent_node, name, Some((found.stat, found.layer)));
         }
@@ -360,6 +394,7 @@ impl UnionFs {
         newname: &OsStr,
         flags: u32,
     ) -> SysResult<()> {
+        let _reason = trace::reason("rename");
         self.writable()?;
         Self::check_new_name(newname)?;
         let exchange = flags & sys::RENAME_EXCHANGE != 0;
@@ -404,6 +439,7 @@ impl UnionFs {
         self.copy_up(&npnode)?;
         self.indexes.drop_dir(pnode.id);
         self.indexes.drop_dir(npnode.id);
+        let parent_path = self.tracer.enabled().then(|| self.path_of(&pnode));
         let pst = pnode.state.read();
         let up = pst.dir_in(0).ok_or(Errno::EIO)?;
         let need_whiteout = !exchange && self.lower_has(&pst, name)?;
@@ -471,6 +507,16 @@ impl UnionFs {
         }
         drop(npst);
         drop(pst);
+        if let Some(pp) = parent_path
+            && need_whiteout
+        {
+            self.tracer.emit(TraceEvent {
+                kind: TraceKind::Whiteout,
+                path: Self::child_path(&pp, name, src_is_dir),
+                layer: None,
+                reason: trace::current_reason(),
+            });
+        }
         self.moved(&src_node, (&pnode, name), &npnode, newname);
         match &dst_node {
             Some(d) if exchange => self.moved(d, (&npnode, newname), &pnode, name),
@@ -533,6 +579,7 @@ impl UnionFs {
 
     /// Makes a hard link `newname` in `newparent` to `id` (copied up first).
     pub fn link(&self, id: u64, newparent: u64, newname: &OsStr) -> SysResult<Attr> {
+        let _reason = trace::reason("link");
         self.writable()?;
         Self::check_new_name(newname)?;
         let node = self.node(id)?;
@@ -586,6 +633,7 @@ impl UnionFs {
 
     /// Changes attributes, copying up first.
     pub fn setattr(&self, id: u64, set: SetAttr) -> SysResult<Attr> {
+        let _reason = trace::reason("setattr");
         self.writable()?;
         // Through an open upper file: that file, whatever its names mean by now.
         if let Some(file) = set.fh.and_then(|fh| self.handles.upper_file(fh)) {
@@ -697,6 +745,7 @@ impl UnionFs {
     }
 
     pub fn setxattr(&self, id: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
+        let _reason = trace::reason("setxattr");
         self.writable()?;
         if is_private_xattr(name.as_bytes()) {
             return Err(Errno::EOPNOTSUPP);
@@ -710,6 +759,7 @@ impl UnionFs {
     }
 
     pub fn removexattr(&self, id: u64, name: &OsStr) -> SysResult<()> {
+        let _reason = trace::reason("removexattr");
         self.writable()?;
         if is_private_xattr(name.as_bytes()) {
             return Err(Errno::EOPNOTSUPP);
@@ -735,6 +785,7 @@ impl UnionFs {
     /// file held open read-only under passthrough is opened for writing (the kernel allows
     /// one backing file per inode).
     pub fn split_for_write(&self, id: u64) -> SysResult<()> {
+        let _reason = trace::reason("write");
         self.writable()?;
         let node = self.node(id)?;
         self.copy_up(&node)?;

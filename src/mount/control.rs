@@ -6,14 +6,20 @@
 //! ```text
 //! pause     -> ok paused           mutating requests wait; those in flight have finished
 //! resume    -> ok resumed          undoes this connection's pause
-//! status    -> ok paused=no in_flight=0 waiting=0 pid=1234
+//! status    -> ok paused=no in_flight=0 waiting=0 pid=1234 trace_log=no trace_listeners=0
+//! trace on  -> ok tracing          then, as they happen: `trace copy-up /etc/passwd ...`
+//! trace off -> ok trace off        this connection stops receiving trace lines
+//! trace log on|off -> ok trace log on|off   trace lines to the daemon log (as -o trace)
 //! ```
+//!
+//! Trace lines (see [`crate::fs::trace`]) start with `trace `, so a client tells them from
+//! replies; a connection's listening ends with the connection.
 //!
 //! Only root and the user who mounted may connect usefully: the peer's uid is read with
 //! `SO_PEERCRED` and anyone else gets one `error permission denied` line. A pause belongs
 //! to its connection: when the connection closes (the committing process exits or dies),
-//! the pause is undone, so a crashed commit never leaves a mount frozen. New commands (such
-//! as `trace on|off`) are added in [`Session::handle`].
+//! the pause is undone, so a crashed commit never leaves a mount frozen. New commands are
+//! added in [`Session::handle`].
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::AsFd;
@@ -21,11 +27,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 
 use log::{debug, warn};
 use thiserror::Error;
 
 use crate::fs::gate::WriteGate;
+use crate::fs::trace::Tracer;
 use crate::sys;
 
 /// The control socket of the daemon serving `mountpoint` (canonical).
@@ -62,7 +70,12 @@ impl Drop for ControlServer {
 impl ControlServer {
     /// Binds the socket for `mountpoint` and serves it on a background thread. `owner` is
     /// the uid allowed besides root.
-    pub fn start(mountpoint: &Path, gate: Arc<WriteGate>, owner: u32) -> io::Result<ControlServer> {
+    pub fn start(
+        mountpoint: &Path,
+        gate: Arc<WriteGate>,
+        tracer: Arc<Tracer>,
+        owner: u32,
+    ) -> io::Result<ControlServer> {
         let path = socket_path(mountpoint);
         // A socket left by a daemon that died; a live daemon on this mount point was
         // refused earlier (already mounted).
@@ -76,10 +89,10 @@ impl ControlServer {
                 for conn in listener.incoming() {
                     match conn {
                         Ok(stream) => {
-                            let gate = gate.clone();
+                            let session = Session::new(gate.clone(), tracer.clone());
                             let _ = std::thread::Builder::new()
                                 .name("ufsd-control-conn".into())
-                                .spawn(move || serve_connection(stream, gate, owner));
+                                .spawn(move || serve_connection(stream, session, owner));
                         }
                         Err(e) => warn!("control socket: accept: {e}"),
                     }
@@ -89,13 +102,28 @@ impl ControlServer {
     }
 }
 
-/// One connection's state: whether it holds a pause.
+/// One connection's state: whether it holds a pause, whether it listens to trace lines.
 struct Session {
     gate: Arc<WriteGate>,
     paused: bool,
+    tracer: Arc<Tracer>,
+    /// This connection's listener id while it listens.
+    listening: Option<u64>,
+    /// Trace lines of a `trace on` just handled, for the connection to forward.
+    new_listener: Option<Receiver<String>>,
 }
 
 impl Session {
+    fn new(gate: Arc<WriteGate>, tracer: Arc<Tracer>) -> Session {
+        Session {
+            gate,
+            paused: false,
+            tracer,
+            listening: None,
+            new_listener: None,
+        }
+    }
+
     /// The reply line (without newline) to one command line.
     fn handle(&mut self, line: &str) -> String {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -119,21 +147,46 @@ impl Session {
             ["status"] => {
                 let s = self.gate.status();
                 format!(
-                    "ok paused={} in_flight={} waiting={} pid={}",
+                    "ok paused={} in_flight={} waiting={} pid={} trace_log={} trace_listeners={}",
                     if s.paused { "yes" } else { "no" },
                     s.in_flight,
                     s.waiting,
-                    sys::process::pid()
+                    sys::process::pid(),
+                    if self.tracer.logging() { "yes" } else { "no" },
+                    self.tracer.listeners(),
                 )
             }
+            ["trace", "on"] => {
+                if self.listening.is_none() {
+                    let (id, rx) = self.tracer.subscribe();
+                    self.listening = Some(id);
+                    self.new_listener = Some(rx);
+                }
+                "ok tracing".to_string()
+            }
+            ["trace", "off"] => {
+                if let Some(id) = self.listening.take() {
+                    self.tracer.unsubscribe(id);
+                }
+                "ok trace off".to_string()
+            }
+            ["trace", "log", on @ ("on" | "off")] => {
+                self.tracer.set_log(*on == "on");
+                format!("ok trace log {on}")
+            }
             [] => "error empty command".to_string(),
-            _ => format!("error unknown command {line:?} (pause, resume, status)"),
+            _ => format!(
+                "error unknown command {line:?} (pause, resume, status, trace on|off, trace log on|off)"
+            ),
         }
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if let Some(id) = self.listening.take() {
+            self.tracer.unsubscribe(id);
+        }
         if self.paused {
             debug!("control connection closed while paused: resuming");
             self.gate.resume();
@@ -141,7 +194,7 @@ impl Drop for Session {
     }
 }
 
-fn serve_connection(stream: UnixStream, gate: Arc<WriteGate>, owner: u32) {
+fn serve_connection(stream: UnixStream, mut session: Session, owner: u32) {
     let mut out = match stream.try_clone() {
         Ok(s) => s,
         Err(_) => return,
@@ -160,17 +213,34 @@ fn serve_connection(stream: UnixStream, gate: Arc<WriteGate>, owner: u32) {
             return;
         }
     }
-    let mut session = Session {
-        gate,
-        paused: false,
-    };
+    // Replies and forwarded trace lines share the socket: one line at a time.
+    let shared = Arc::new(parking_lot::Mutex::new(match out.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    }));
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
         let reply = session.handle(line.trim());
-        if writeln!(out, "{reply}").is_err() {
+        if writeln!(shared.lock(), "{reply}").is_err() {
             break;
         }
+        if let Some(rx) = session.new_listener.take() {
+            let shared = shared.clone();
+            // Ends when the listener is dropped (trace off, connection closed) or the
+            // client stops reading.
+            let _ = std::thread::Builder::new()
+                .name("ufsd-trace".into())
+                .spawn(move || {
+                    for l in rx {
+                        if writeln!(shared.lock(), "trace {l}").is_err() {
+                            break;
+                        }
+                    }
+                });
+        }
     }
+    drop(session);
+    let _ = out.shutdown(std::net::Shutdown::Both);
 }
 
 /// A connection to a mount's control socket.
@@ -226,7 +296,12 @@ impl ControlClient {
         // The daemon may already have answered (a refusal) and closed: read that reply.
         let sent = writeln!(self.writer, "{command}");
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).map_err(io_err)?;
+        let mut n = self.reader.read_line(&mut line).map_err(io_err)?;
+        // Trace lines of this connection may come before the reply.
+        while n > 0 && line.starts_with("trace ") {
+            line.clear();
+            n = self.reader.read_line(&mut line).map_err(io_err)?;
+        }
         if n == 0 {
             sent.map_err(io_err)?;
             return Err(io_err(io::Error::new(
@@ -242,6 +317,32 @@ impl ControlClient {
                 command: command.to_string(),
                 reason: line.strip_prefix("error ").unwrap_or(line).to_string(),
             }),
+        }
+    }
+
+    /// Turns tracing on for this connection and calls `each` with every trace line (without
+    /// the `trace ` prefix) until it returns false or the daemon closes the connection (the
+    /// mount ended).
+    pub fn follow_trace(mut self, mut each: impl FnMut(&str) -> bool) -> Result<(), ControlError> {
+        self.request("trace on")?;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .map_err(|source| ControlError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                return Ok(());
+            }
+            if let Some(l) = line.trim_end().strip_prefix("trace ")
+                && !each(l)
+            {
+                return Ok(());
+            }
         }
     }
 
@@ -278,10 +379,8 @@ mod tests {
     #[test]
     fn the_protocol_and_a_pause_ending_with_its_connection() {
         let gate = Arc::new(WriteGate::new());
-        let mut s = Session {
-            gate: gate.clone(),
-            paused: false,
-        };
+        let tracer = Arc::new(Tracer::default());
+        let mut s = Session::new(gate.clone(), tracer.clone());
         assert!(
             s.handle("status")
                 .starts_with("ok paused=no in_flight=0 waiting=0 pid=")
@@ -294,10 +393,29 @@ mod tests {
         assert!(s.handle("status").starts_with("ok paused=yes"));
         assert_eq!(s.handle("resume"), "ok resumed");
         assert!(!gate.status().paused);
-        assert!(s.handle("trace on").starts_with("error unknown command"));
+        assert!(
+            s.handle("trace sideways")
+                .starts_with("error unknown command")
+        );
+        assert_eq!(s.handle("trace on"), "ok tracing");
+        assert!(tracer.enabled());
+        assert!(
+            s.handle("status")
+                .ends_with("trace_log=no trace_listeners=1")
+        );
+        assert_eq!(s.handle("trace off"), "ok trace off");
+        assert!(!tracer.enabled());
+        assert_eq!(s.handle("trace log on"), "ok trace log on");
+        assert!(
+            s.handle("status")
+                .ends_with("trace_log=yes trace_listeners=0")
+        );
+        assert_eq!(s.handle("trace log off"), "ok trace log off");
+        s.handle("trace on");
         assert_eq!(s.handle(""), "error empty command");
         s.handle("pause");
         drop(s);
         assert!(!gate.status().paused, "a closed connection keeps its pause");
+        assert!(!tracer.enabled(), "a closed connection keeps listening");
     }
 }

@@ -48,6 +48,8 @@ pub struct MountConfig {
     pub ttl: Duration,
     pub threads: usize,
     pub passthrough: bool,
+    /// Log each copy-up and whiteout from the start (`-o trace`).
+    pub trace: bool,
     pub foreground: bool,
     pub log_file: Option<PathBuf>,
     /// Forced whiteout format; `None` picks overlayfs format where mknod is permitted.
@@ -72,6 +74,7 @@ impl MountConfig {
             ttl: Duration::from_secs(86400),
             threads: 4,
             passthrough: true,
+            trace: false,
             foreground: false,
             log_file: None,
             whiteout: None,
@@ -350,6 +353,8 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
         };
         info!("whiteouts are written as {whiteout:?} format");
         let fs = UnionFs::new(stack, work, whiteout).map_err(std::io::Error::from)?;
+        let tracer = fs.tracer();
+        tracer.set_log(cfg.trace);
         let adapter = FuseAdapter::new(
             fs,
             CachePolicy { ttl: cfg.ttl },
@@ -357,9 +362,9 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
         )
         .with_gate(gate.clone());
         let session = Session::new(adapter, &cfg.mountpoint, &fuse_config(cfg))?;
-        Ok::<_, std::io::Error>((session, held))
+        Ok::<_, std::io::Error>((session, held, tracer))
     })();
-    let (mut session, _held) = match started {
+    let (mut session, _held, tracer) = match started {
         Ok(s) => s,
         Err(e) => {
             let err = mount_err(e);
@@ -385,7 +390,7 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
         let _ = unmounter.unmount();
     });
     // After the signal mask is set, so that its threads inherit it.
-    let _control = match control::ControlServer::start(&cfg.mountpoint, gate, sys::euid()) {
+    let _control = match control::ControlServer::start(&cfg.mountpoint, gate, tracer, sys::euid()) {
         Ok(c) => Some(c),
         Err(e) => {
             log::warn!("no control socket (commit cannot pause this mount): {e}");

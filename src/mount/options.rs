@@ -37,6 +37,8 @@ pub struct MountOptions {
     pub timeout: Option<Duration>,
     pub threads: Option<usize>,
     pub no_passthrough: bool,
+    /// `trace`: log each copy-up and whiteout.
+    pub trace: bool,
     /// `whiteout=overlay|oci` forces the whiteout format; `auto` (default) probes.
     pub whiteout: Option<crate::fs::WhiteoutFormat>,
     /// Overlayfs options accepted without effect, for the debug log.
@@ -150,6 +152,7 @@ impl MountOptions {
                 self.threads = Some(n);
             }
             "nopassthrough" => self.no_passthrough = true,
+            "trace" => self.trace = true,
             "whiteout" => {
                 self.whiteout = match need(value)? {
                     "overlay" => Some(crate::fs::WhiteoutFormat::Overlay),
