@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Mounted, assert_same_snapshots, daemon_pid, errno_of, mkdir, mount_overlay, mount_type_at,
-    mount_ufsd, process_running, run_ufsd, scratch, snapshot, wait_process_gone,
+    mount_ufsd, process_running, run_ufsd, snapshot, stack, wait_process_gone,
 };
 
 /// The byte at `offset` of the test pattern: position-dependent, so a misplaced or
@@ -72,39 +72,7 @@ fn write_pattern(path: &Path, len: u64) {
     }
 }
 
-/// Layers and mount point for one crash test.
-struct Stack {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    lower: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    mnt: PathBuf,
-}
-
-fn stack() -> Stack {
-    let dir = scratch();
-    let root = dir.path().to_path_buf();
-    Stack {
-        lower: mkdir(&root, "lower"),
-        upper: mkdir(&root, "upper"),
-        work: mkdir(&root, "work"),
-        mnt: mkdir(&root, "mnt"),
-        root,
-        _dir: dir,
-    }
-}
-
-impl Stack {
-    fn mount(&self, args: &[&str]) -> Mounted {
-        mount_ufsd(
-            &[&self.lower],
-            Some((&self.upper, &self.work)),
-            &self.mnt,
-            args,
-        )
-    }
-
+impl common::Stack {
     fn staging(&self) -> PathBuf {
         self.work.join("work")
     }

@@ -13,44 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::{Mounted, errno_of, get_xattr, mkdir, mount_overlay, mount_ufsd, scratch, set_xattr};
-
-/// A lower layer, an upper and a work dir, and a mount point, in one scratch dir.
-struct Stack {
-    _dir: tempfile::TempDir,
-    lower: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    mnt: PathBuf,
-    root: PathBuf,
-}
-
-fn stack() -> Stack {
-    let dir = scratch();
-    let root = dir.path().to_path_buf();
-    Stack {
-        lower: mkdir(&root, "lower"),
-        upper: mkdir(&root, "upper"),
-        work: mkdir(&root, "work"),
-        mnt: mkdir(&root, "mnt"),
-        root,
-        _dir: dir,
-    }
-}
-
-impl Stack {
-    fn mount(&self, extra: &[&str]) -> Mounted {
-        mount_ufsd(
-            &[&self.lower],
-            Some((&self.upper, &self.work)),
-            &self.mnt,
-            extra,
-        )
-    }
-    fn m(&self, rel: &str) -> PathBuf {
-        self.mnt.join(rel)
-    }
-}
+use common::{errno_of, get_xattr, mkdir, mount_overlay, mount_ufsd, scratch, set_xattr, stack};
 
 fn renameat2(from: &Path, to: &Path, flags: u32) -> std::io::Result<()> {
     let (a, b) = (

@@ -115,6 +115,16 @@ fn store_root(arg: Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
+/// A panic is logged as well as printed: the background daemon's stderr goes nowhere, and
+/// its log file is the only trace of why a mount ended.
+fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        log::error!("panic: {info}");
+        default(info);
+    }));
+}
+
 fn init_logging(verbose: u8) {
     // fuser warns that its own unmount failed after the kernel already unmounted (the
     // normal way a mount ends): not worth a line below -vv.
@@ -164,6 +174,7 @@ fn one_line(e: &anyhow::Error) -> String {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     sys::ensure_default_path();
+    log_panics();
     let args: Vec<OsString> = std::env::args_os().collect();
     let result = if is_helper_form(&args) {
         match mount::HelperArgs::parse(&args[1..]) {

@@ -1156,3 +1156,44 @@ pub fn build_fixture_with(dir: &Path, format: WhiteoutFormat, with_big: bool) ->
 pub fn as_paths(v: &[PathBuf]) -> Vec<&Path> {
     v.iter().map(PathBuf::as_path).collect()
 }
+
+/// A lower layer, an upper and a work dir, and a mount point, in one scratch dir.
+pub struct Stack {
+    _dir: TempDir,
+    pub root: PathBuf,
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub mnt: PathBuf,
+}
+
+/// A fresh [`Stack`].
+pub fn stack() -> Stack {
+    let dir = scratch();
+    let root = dir.path().to_path_buf();
+    Stack {
+        lower: mkdir(&root, "lower"),
+        upper: mkdir(&root, "upper"),
+        work: mkdir(&root, "work"),
+        mnt: mkdir(&root, "mnt"),
+        root,
+        _dir: dir,
+    }
+}
+
+impl Stack {
+    /// ufsd over the lower layer with the upper, with extra `ufsd mount` arguments.
+    pub fn mount(&self, extra: &[&str]) -> Mounted {
+        mount_ufsd(
+            &[&self.lower],
+            Some((&self.upper, &self.work)),
+            &self.mnt,
+            extra,
+        )
+    }
+
+    /// `rel` inside the mount point.
+    pub fn m(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+}

@@ -171,11 +171,7 @@ impl<W: Write> Flattener<'_, W> {
     }
 
     fn mtime(&self, st: &Stat) -> u64 {
-        let t = match self.opts.source_date_epoch {
-            Some(e) => st.st_mtime.min(e),
-            None => st.st_mtime,
-        };
-        t.max(0) as u64
+        self.opts.mtime_of(st)
     }
 
     /// The xattrs to record: all but overlayfs's own (opaque markers included).

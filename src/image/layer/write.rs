@@ -60,6 +60,15 @@ impl LayerOptions {
             };
         Ok(LayerOptions { source_date_epoch })
     }
+
+    /// The mtime recorded for `st`: clamped to `SOURCE_DATE_EPOCH` when set, never negative.
+    pub fn mtime_of(&self, st: &Stat) -> u64 {
+        let t = match self.source_date_epoch {
+            Some(e) => st.st_mtime.min(e),
+            None => st.st_mtime,
+        };
+        t.max(0) as u64
+    }
 }
 
 /// What [`write_layer`] wrote.
@@ -218,11 +227,7 @@ impl<W: Write> Writer<'_, W> {
     }
 
     fn mtime(&self, st: &Stat) -> u64 {
-        let t = match self.opts.source_date_epoch {
-            Some(e) => st.st_mtime.min(e),
-            None => st.st_mtime,
-        };
-        t.max(0) as u64
+        self.opts.mtime_of(st)
     }
 
     /// A whiteout or opaque marker entry: an empty file, fully normalised.
