@@ -414,11 +414,7 @@ impl UnionFs {
     fn build_index(&self, id: u64, pst: &NodeState) -> SysResult<Arc<DirIndex>> {
         let generation = self.generation();
         let token = self.indexes.begin();
-        let mut listings = Vec::with_capacity(pst.dirs.len());
-        for (layer, fd) in &pst.dirs {
-            listings.push(self.stack.list(*layer, fd.as_fd())?);
-        }
-        let merged = merge_listings(&listings, self.stack.upper());
+        let merged = self.merged_entries(&pst.dirs)?;
         let index = Arc::new(index_of(&merged));
         self.indexes.put(id, generation, token, index.clone());
         Ok(index)
@@ -616,15 +612,20 @@ impl UnionFs {
         self.handles.remove_dir(fh);
     }
 
+    /// The merged listing of a directory made of `dirs` (its layer directories, top-down).
+    pub(super) fn merged_entries(&self, dirs: &[(usize, OwnedFd)]) -> SysResult<Vec<MergedEntry>> {
+        let mut listings = Vec::with_capacity(dirs.len());
+        for (layer, fd) in dirs {
+            listings.push(self.stack.list(*layer, fd.as_fd())?);
+        }
+        Ok(merge_listings(&listings, self.stack.upper()))
+    }
+
     fn list_merged(&self, node: &Node) -> SysResult<Vec<DirItem>> {
         let (generation, token) = (self.generation(), self.indexes.begin());
         let st = node.state.read();
-        let mut listings = Vec::with_capacity(st.dirs.len());
-        for (layer, fd) in &st.dirs {
-            listings.push(self.stack.list(*layer, fd.as_fd())?);
-        }
         let parent_id = st.parent.as_ref().map(|p| p.id).unwrap_or(ROOT_ID);
-        let merged = merge_listings(&listings, self.stack.upper());
+        let merged = self.merged_entries(&st.dirs)?;
         self.indexes
             .put(node.id, generation, token, Arc::new(index_of(&merged)));
         let mut out = Vec::with_capacity(merged.len() + 2);

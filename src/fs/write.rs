@@ -227,15 +227,7 @@ impl UnionFs {
         // knows (its node is live until the kernel forgets it): ids must not be shared,
         // so the new object gets a fresh one, kept like a copied-up file's.
         let st = sys::stat_at(upper, name)?;
-        let id = self
-            .nodes
-            .id_for(self.stack.dev_index(st.st_dev), st.st_ino);
-        let id = self
-            .copied
-            .get(&(st.st_dev, st.st_ino))
-            .map(|i| *i)
-            .unwrap_or(id);
-        if self.nodes.get(id).is_some() {
+        if self.nodes.get(self.file_id(0, &st)).is_some() {
             self.copied
                 .insert((st.st_dev, st.st_ino), self.nodes.fresh_id());
         }
@@ -378,11 +370,7 @@ impl UnionFs {
     }
 
     fn merged_is_empty(&self, dirs: &[(usize, std::os::fd::OwnedFd)]) -> SysResult<bool> {
-        let mut listings = Vec::with_capacity(dirs.len());
-        for (layer, fd) in dirs {
-            listings.push(self.stack.list(*layer, fd.as_fd())?);
-        }
-        Ok(crate::layer::merge::merge_listings(&listings, self.stack.upper()).is_empty())
+        Ok(self.merged_entries(dirs)?.is_empty())
     }
 
     /// Renames `name` in `parent` to `newname` in `newparent`; `flags` are renameat2's.
