@@ -172,7 +172,11 @@ pub fn run(a: TourArgs) -> Result<ExitCode> {
     {
         let sandbox = sandbox.clone();
         sys::process::stop_on_signals(move || {
-            let problem = sandbox.lock().map(|mut s| s.clean()).unwrap_or(None);
+            // The guard is held until exit so that the main thread, whose
+            // current step fails once the sandbox is gone, cannot report
+            // that failure and exit 1 first.
+            let mut guard = sandbox.lock().unwrap_or_else(|e| e.into_inner());
+            let problem = guard.clean();
             eprintln!("\nufsd tour: interrupted; sandbox removed");
             if let Some(p) = problem {
                 eprintln!("ufsd tour: {p}");
