@@ -96,6 +96,19 @@ fn unlink_of_lower_file_leaves_overlay_whiteout_that_the_kernel_reads() {
         assert_eq!(md.rdev(), 0, "{n}: whiteout is 0/0");
     }
     assert!(!s.upper.join("new").exists());
+    // Like kernel overlayfs, the whiteouts are hard links of one shared inode.
+    let ino = |n: &str| fs::symlink_metadata(s.upper.join(n)).unwrap().ino();
+    assert_eq!((ino("f"), ino("f")), (ino("g"), ino("d")), "whiteouts not shared");
+    assert!(fs::symlink_metadata(s.upper.join("f")).unwrap().nlink() >= 3);
+    // Shared whiteouts are deletions, not hard links, for diff.
+    let changes = ufsd::image::diff::diff(&s.upper, std::slice::from_ref(&s.lower)).unwrap();
+    let mut deleted: Vec<String> = changes
+        .iter()
+        .filter(|c| c.kind == ufsd::image::diff::ChangeKind::Deleted)
+        .map(|c| c.path.to_string_lossy().into_owned())
+        .collect();
+    deleted.sort();
+    assert_eq!(deleted, ["/d", "/f", "/g"], "{changes:?}");
     let kmnt = mkdir(&s.root, "kmnt");
     let kwork = mkdir(&s.root, "kwork");
     let _k = mount_overlay(&[&s.lower], Some((&s.upper, &kwork)), &kmnt);

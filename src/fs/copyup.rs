@@ -366,10 +366,10 @@ impl UnionFs {
         match self.whiteout {
             WhiteoutFormat::Overlay => {
                 if !replace {
-                    return sys::mknod_at(dir, name, libc::S_IFCHR, 0);
+                    return self.overlay_whiteout(dir, name);
                 }
                 let tmp = self.temp_name();
-                sys::mknod_at(work, &tmp, libc::S_IFCHR, 0)?;
+                self.overlay_whiteout(work, &tmp)?;
                 if let Err(e) = sys::rename_at(work, &tmp, dir, name, sys::RENAME_EXCHANGE) {
                     let _ = sys::unlink_at(work, &tmp, false);
                     return Err(e);
@@ -392,6 +392,44 @@ impl UnionFs {
                 .map(drop)
             }
         }
+    }
+}
+
+impl UnionFs {
+    /// Makes `name` in `dir` an overlay whiteout (a 0/0 character device): a hard link of
+    /// the shared one in the work directory, made on first use and again when it has as
+    /// many links as the filesystem allows; a plain `mknod` where links fail otherwise.
+    fn overlay_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+        let work = self.work()?;
+        let mut shared = self.shared_whiteout.lock().clone();
+        for _ in 0..2 {
+            let source = match shared {
+                Some(s) => s,
+                None => {
+                    let fresh = self.temp_name();
+                    sys::mknod_at(work, &fresh, libc::S_IFCHR, 0)?;
+                    *self.shared_whiteout.lock() = Some(fresh.clone());
+                    fresh
+                }
+            };
+            match sys::link_at(work, &source, dir, name) {
+                Ok(()) => return Ok(()),
+                // Too many links, or the shared one went away: start a new one.
+                Err(Errno::EMLINK | Errno::ENOENT) => {
+                    let mut current = self.shared_whiteout.lock();
+                    if current.as_ref() == Some(&source) {
+                        *current = None;
+                    }
+                    shared = current.clone();
+                }
+                Err(e @ (Errno::EEXIST | Errno::ENOSPC | Errno::EDQUOT | Errno::EROFS)) => {
+                    return Err(e);
+                }
+                // A filesystem without hard links for device nodes.
+                Err(_) => break,
+            }
+        }
+        sys::mknod_at(dir, name, libc::S_IFCHR, 0)
     }
 }
 

@@ -8,7 +8,7 @@
 //! retires every entry. The cache holds a bounded number of directories.
 
 use std::collections::{HashMap, VecDeque};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -76,6 +76,16 @@ impl IndexCache {
         entries.push_back((id, generation, index));
     }
 
+    /// Takes `name` out of directory `id`'s index, once it is gone from the merged view
+    /// (a removal that needs no other change to the listing).
+    pub fn forget_name(&self, id: u64, name: &OsStr) {
+        let mut entries = self.entries.lock();
+        self.drops.fetch_add(1, Ordering::AcqRel);
+        if let Some((_, _, index)) = entries.iter_mut().find(|(i, _, _)| *i == id) {
+            Arc::make_mut(index).remove(name);
+        }
+    }
+
     /// Forgets directory `id` (it changed).
     pub fn drop_dir(&self, id: u64) {
         let mut entries = self.entries.lock();
@@ -96,6 +106,8 @@ mod tests {
         c.put(7, 0, c.begin(), Arc::new(idx.clone()));
         assert!(c.get(7, 0).is_some());
         assert!(c.get(7, 1).is_none(), "another generation");
+        c.forget_name(7, OsStr::new("a"));
+        assert!(c.get(7, 0).unwrap().is_empty(), "a removed name is forgotten");
         c.drop_dir(7);
         assert!(c.get(7, 0).is_none());
         for i in 0..(CAPACITY as u64 + 5) {
@@ -120,5 +132,9 @@ mod tests {
         c.drop_dir(9);
         c.put(7, 0, token, Arc::default());
         assert!(c.get(7, 0).is_none());
+        let token = c.begin();
+        c.forget_name(9, OsStr::new("x"));
+        c.put(7, 0, token, Arc::default());
+        assert!(c.get(7, 0).is_none(), "a removal also retires listings taken before it");
     }
 }

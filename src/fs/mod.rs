@@ -85,6 +85,10 @@ pub struct UnionFs {
     indexes: index::IndexCache,
     /// Where copy-up and whiteout events go when someone listens.
     tracer: Arc<trace::Tracer>,
+    /// The name in the work directory of the whiteout that new whiteouts are hard links
+    /// of (overlay format), as kernel overlayfs shares one: a link is far cheaper than a
+    /// new inode.
+    shared_whiteout: parking_lot::Mutex<Option<OsString>>,
 }
 
 /// A name as found in the merged view by a fresh probe.
@@ -151,6 +155,7 @@ impl UnionFs {
             tree_gen: AtomicU64::new(0),
             indexes: index::IndexCache::default(),
             tracer: Arc::default(),
+            shared_whiteout: parking_lot::Mutex::new(None),
         })
     }
 

@@ -318,18 +318,18 @@ impl UnionFs {
         let parent_node = self.node(parent)?;
         let found = {
             let pst = parent_node.state.read();
-            self.find(&pst, name)?.ok_or(Errno::ENOENT)?
+            self.find_indexed(&parent_node, &pst, name)?
+                .ok_or(Errno::ENOENT)?
         };
         match (dir, found.kind.is_dir()) {
             (false, true) => return Err(Errno::EISDIR),
             (true, false) => return Err(Errno::ENOTDIR),
             _ => {}
         }
-        if dir && !self.merged_is_empty(&found.dirs)? {
+        if dir && !self.merged_is_empty(found.id, &found.dirs)? {
             return Err(Errno::ENOTEMPTY);
         }
         self.copy_up(&parent_node)?;
-        self.indexes.drop_dir(parent_node.id);
         let parent_path = self.tracer.enabled().then(|| self.path_of(&parent_node));
         let pst = parent_node.state.read();
         let upper = pst.dir_in(0).ok_or(Errno::EIO)?;
@@ -349,6 +349,9 @@ impl UnionFs {
             (true, false) => sys::unlink_at(upper, name, false)?,
             (false, _) => self.make_whiteout(upper, name, false)?,
         }
+        // Only this name left the merged view: the rest of a cached listing still holds
+        // (an `rm -rf` then resolves each name without probing the layers).
+        self.indexes.forget_name(parent_node.id, name);
         // The parent's times changed by themselves: every path above modified it.
         // The parent's lock goes before the child's is taken: `with_place` takes a child's
         // and then its parent's, so holding them the other way round deadlocks.
@@ -369,7 +372,13 @@ impl UnionFs {
         Ok(())
     }
 
-    fn merged_is_empty(&self, dirs: &[(usize, std::os::fd::OwnedFd)]) -> SysResult<bool> {
+    /// Whether directory `id`, made of `dirs`, shows no names: its cached listing answers
+    /// where there is one (kept current by removals, so after an `rm -rf` of its contents
+    /// no layer is read again).
+    fn merged_is_empty(&self, id: u64, dirs: &[(usize, std::os::fd::OwnedFd)]) -> SysResult<bool> {
+        if let Some(index) = self.indexes.get(id, self.generation()) {
+            return Ok(index.is_empty());
+        }
         Ok(self.merged_entries(dirs)?.is_empty())
     }
 
@@ -405,7 +414,7 @@ impl UnionFs {
             match (src.kind.is_dir(), d.kind.is_dir(), exchange) {
                 (true, false, false) => return Err(Errno::ENOTDIR),
                 (false, true, false) => return Err(Errno::EISDIR),
-                (_, true, false) if !self.merged_is_empty(&d.dirs)? => {
+                (_, true, false) if !self.merged_is_empty(d.id, &d.dirs)? => {
                     return Err(Errno::ENOTEMPTY);
                 }
                 _ => {}
