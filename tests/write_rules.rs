@@ -98,7 +98,11 @@ fn unlink_of_lower_file_leaves_overlay_whiteout_that_the_kernel_reads() {
     assert!(!s.upper.join("new").exists());
     // Like kernel overlayfs, the whiteouts are hard links of one shared inode.
     let ino = |n: &str| fs::symlink_metadata(s.upper.join(n)).unwrap().ino();
-    assert_eq!((ino("f"), ino("f")), (ino("g"), ino("d")), "whiteouts not shared");
+    assert_eq!(
+        (ino("f"), ino("f")),
+        (ino("g"), ino("d")),
+        "whiteouts not shared"
+    );
     assert!(fs::symlink_metadata(s.upper.join("f")).unwrap().nlink() >= 3);
     // Shared whiteouts are deletions, not hard links, for diff.
     let changes = ufsd::image::diff::diff(&s.upper, std::slice::from_ref(&s.lower)).unwrap();

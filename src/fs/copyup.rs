@@ -71,7 +71,7 @@ impl UnionFs {
     pub(super) fn copy_up_with(&self, node: &Arc<Node>, data: bool) -> SysResult<()> {
         let parent = {
             let st = node.state.read();
-            if st.layer == 0 {
+            if st.layer() == 0 {
                 return Ok(());
             }
             st.parent.clone().ok_or(Errno::EIO)?
@@ -80,13 +80,13 @@ impl UnionFs {
         // Before taking the node's lock: the path walks the ancestors' locks.
         let path = self.tracer.enabled().then(|| self.path_of(node));
         let mut st = node.state.write();
-        if st.layer == 0 {
+        if st.layer() == 0 {
             return Ok(());
         }
-        let from = st.layer;
+        let from = st.layer();
         let pst = parent.state.read();
         let upper_parent = pst.dir_in(0).ok_or(Errno::EIO)?;
-        let src_dir = pst.dir_in(st.layer).ok_or(Errno::ESTALE)?;
+        let src_dir = pst.dir_in(st.layer()).ok_or(Errno::ESTALE)?;
         let stat = sys::stat_at(src_dir, &st.name)?;
         let parent_times = sys::stat_at(upper_parent, OsStr::new("."))?;
         let mut stat = stat;
@@ -100,7 +100,9 @@ impl UnionFs {
             let fd = sys::open_dir_at(upper_parent, &st.name)?;
             let up = sys::stat_fd(fd.as_fd())?;
             self.copied.insert((up.st_dev, up.st_ino), node.id);
-            st.dirs.insert(0, (0, fd));
+            let mut dirs = std::mem::take(&mut st.dirs).into_vec();
+            dirs.insert(0, (0, fd));
+            st.dirs = dirs.into_boxed_slice();
         } else if stat.st_nlink <= 1 {
             // The copy keeps the lower file's number. Not for a file with several links:
             // its other names still show the lower file under that number, so the copy
@@ -111,7 +113,7 @@ impl UnionFs {
         if st.kind == FileKind::Regular {
             self.switch_lower_readers(node.id, upper_parent, &st.name);
         }
-        st.layer = 0;
+        st.set_layer(0);
         if let Some(path) = path {
             self.tracer.emit(TraceEvent {
                 kind: TraceKind::CopyUp,
@@ -221,7 +223,9 @@ impl UnionFs {
             st.dirs.iter().map(|(l, fd)| (*l, fd.as_fd())).collect();
         self.copy_children(&dirs, upper.as_fd(), &mut HashMap::new())?;
         self.set_opaque(upper.as_fd())?;
-        st.dirs.truncate(1);
+        let mut dirs = std::mem::take(&mut st.dirs).into_vec();
+        dirs.truncate(1);
+        st.dirs = dirs.into_boxed_slice();
         if let Some(path) = path {
             self.tracer.emit(TraceEvent {
                 kind: TraceKind::CopyUpTree,

@@ -24,7 +24,7 @@ const CAPACITY: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct IndexCache {
-    entries: Mutex<VecDeque<(u64, u64, Arc<DirIndex>)>>,
+    entries: Mutex<VecDeque<(u64, u32, Arc<DirIndex>)>>,
     /// Lookups answered without an index, per directory (bounded like `entries`).
     misses: Mutex<VecDeque<(u64, u32)>>,
     /// Counts `drop_dir` calls, so that an index listed while a directory changed is not
@@ -34,7 +34,7 @@ pub struct IndexCache {
 
 impl IndexCache {
     /// The index of directory `id`, if cached in generation `generation`.
-    pub fn get(&self, id: u64, generation: u64) -> Option<Arc<DirIndex>> {
+    pub fn get(&self, id: u64, generation: u32) -> Option<Arc<DirIndex>> {
         let entries = self.entries.lock();
         entries
             .iter()
@@ -64,7 +64,7 @@ impl IndexCache {
 
     /// Stores the index of directory `id`, listed after `begin` returned `token`, unless
     /// some directory changed since.
-    pub fn put(&self, id: u64, generation: u64, token: u64, index: Arc<DirIndex>) {
+    pub fn put(&self, id: u64, generation: u32, token: u64, index: Arc<DirIndex>) {
         let mut entries = self.entries.lock();
         if self.drops.load(Ordering::Acquire) != token {
             return;
@@ -107,7 +107,10 @@ mod tests {
         assert!(c.get(7, 0).is_some());
         assert!(c.get(7, 1).is_none(), "another generation");
         c.forget_name(7, OsStr::new("a"));
-        assert!(c.get(7, 0).unwrap().is_empty(), "a removed name is forgotten");
+        assert!(
+            c.get(7, 0).unwrap().is_empty(),
+            "a removed name is forgotten"
+        );
         c.drop_dir(7);
         assert!(c.get(7, 0).is_none());
         for i in 0..(CAPACITY as u64 + 5) {
@@ -135,6 +138,9 @@ mod tests {
         let token = c.begin();
         c.forget_name(9, OsStr::new("x"));
         c.put(7, 0, token, Arc::default());
-        assert!(c.get(7, 0).is_none(), "a removal also retires listings taken before it");
+        assert!(
+            c.get(7, 0).is_none(),
+            "a removal also retires listings taken before it"
+        );
     }
 }

@@ -15,6 +15,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,26 +32,129 @@ const INO_BITS: u32 = 56;
 /// Device index reserved for ids that had to be synthesised.
 const SYNTHETIC_DEV: u64 = 0xff;
 
+/// A name inside a directory, kept inline when short (most names are), so that a node
+/// needs no second allocation for it: the node table is the daemon's main memory cost.
+#[derive(Clone)]
+pub struct Name(NameRepr);
+
+#[derive(Clone)]
+enum NameRepr {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Heap(Box<[u8]>),
+}
+
+/// The longest name stored inline (a `Name` is then as big as a `Box<[u8]>` and a tag).
+const INLINE_NAME: usize = 22;
+
+impl Name {
+    pub fn new(name: &OsStr) -> Name {
+        let b = name.as_bytes();
+        if b.len() <= INLINE_NAME {
+            let mut bytes = [0; INLINE_NAME];
+            bytes[..b.len()].copy_from_slice(b);
+            Name(NameRepr::Inline {
+                len: b.len() as u8,
+                bytes,
+            })
+        } else {
+            Name(NameRepr::Heap(b.into()))
+        }
+    }
+}
+
+impl Default for Name {
+    fn default() -> Name {
+        Name::new(OsStr::new(""))
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = OsStr;
+    fn deref(&self) -> &OsStr {
+        match &self.0 {
+            NameRepr::Inline { len, bytes } => OsStr::from_bytes(&bytes[..usize::from(*len)]),
+            NameRepr::Heap(b) => OsStr::from_bytes(b),
+        }
+    }
+}
+
+impl AsRef<OsStr> for Name {
+    fn as_ref(&self) -> &OsStr {
+        self
+    }
+}
+
+impl From<&OsStr> for Name {
+    fn from(name: &OsStr) -> Name {
+        Name::new(name)
+    }
+}
+
+impl From<OsString> for Name {
+    fn from(name: OsString) -> Name {
+        Name::new(&name)
+    }
+}
+
+impl From<&str> for Name {
+    fn from(name: &str) -> Name {
+        Name::new(OsStr::new(name))
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Name) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        **self == *other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// What few nodes need: the other names of a hard-linked file, and the attributes of a
+/// file whose last name went.
+#[derive(Debug, Default)]
+struct NodeExtra {
+    aliases: Vec<(Arc<Node>, Name)>,
+    removed: Option<crate::sys::Stat>,
+}
+
 /// Where a node lives: its name in its parent and its instances in the layers.
 #[derive(Debug)]
 pub struct NodeState {
     pub parent: Option<Arc<Node>>,
-    pub name: OsString,
-    pub kind: FileKind,
-    /// Layer of the instance the merged view shows.
-    pub layer: usize,
+    pub name: Name,
     /// For directories: open fds of every merged layer directory, top-down.
-    pub dirs: Vec<(usize, OwnedFd)>,
+    pub dirs: Box<[(usize, OwnedFd)]>,
+    extra: Option<Box<NodeExtra>>,
     /// The tree generation this state was resolved in (see `UnionFs::fresh`).
-    pub generation: u64,
-    /// Other names of a hard-linked file that the kernel knows, so the file stays
-    /// reachable when the name above is removed.
-    pub aliases: Vec<(Arc<Node>, OsString)>,
+    pub generation: u32,
+    /// Layer of the instance the merged view shows.
+    layer: u16,
+    pub kind: FileKind,
     /// No known name is left: only open handles reach the file.
     pub unlinked: bool,
-    /// Its attributes when its last name went, for descriptors the daemon has no handle
-    /// of (fifos and devices are opened by the kernel alone).
-    pub removed: Option<Box<crate::sys::Stat>>,
+}
+
+/// A layer index as a node keeps it: stacks are far below 65,536 layers (the kernel's
+/// overlayfs allows 500), which `LayerStack::open` checks.
+fn layer_u16(layer: usize) -> u16 {
+    u16::try_from(layer).expect("layer index fits u16 (checked at mount)")
 }
 
 /// How many other names of one file are remembered.
@@ -63,9 +167,72 @@ fn same_place(a: &Arc<Node>, an: &OsStr, b: &Arc<Node>, bn: &OsStr) -> bool {
 }
 
 impl NodeState {
+    /// A node state with no other names known.
+    pub fn new(
+        parent: Option<Arc<Node>>,
+        name: Name,
+        kind: FileKind,
+        layer: usize,
+        dirs: Vec<(usize, OwnedFd)>,
+        generation: u32,
+    ) -> NodeState {
+        NodeState {
+            parent,
+            name,
+            dirs: dirs.into_boxed_slice(),
+            extra: None,
+            generation,
+            layer: layer_u16(layer),
+            kind,
+            unlinked: false,
+        }
+    }
+
+    /// Layer of the instance the merged view shows.
+    pub fn layer(&self) -> usize {
+        usize::from(self.layer)
+    }
+
+    pub fn set_layer(&mut self, layer: usize) {
+        self.layer = layer_u16(layer);
+    }
+
+    /// The other known names of the node.
+    fn aliases(&mut self) -> &mut Vec<(Arc<Node>, Name)> {
+        &mut self.extra.get_or_insert_with(Box::default).aliases
+    }
+
+    fn retain_aliases(&mut self, keep: impl FnMut(&(Arc<Node>, Name)) -> bool) {
+        if let Some(e) = &mut self.extra {
+            e.aliases.retain(keep);
+            self.shrink_extra();
+        }
+    }
+
+    /// Frees the extra record once it holds nothing.
+    fn shrink_extra(&mut self) {
+        if self
+            .extra
+            .as_ref()
+            .is_some_and(|e| e.aliases.is_empty() && e.removed.is_none())
+        {
+            self.extra = None;
+        }
+    }
+
+    /// Its attributes when its last name went, for descriptors the daemon has no handle
+    /// of (fifos and devices are opened by the kernel alone).
+    pub fn removed(&self) -> Option<crate::sys::Stat> {
+        self.extra.as_ref().and_then(|e| e.removed)
+    }
+
+    pub fn set_removed(&mut self, st: crate::sys::Stat) {
+        self.extra.get_or_insert_with(Box::default).removed = Some(st);
+    }
+
     /// Makes (`parent`, `name`) the name the node is reached by, remembering the previous
     /// one as an alias (a hard link).
-    pub fn set_primary(&mut self, parent: Arc<Node>, name: OsString) {
+    pub fn set_primary(&mut self, parent: Arc<Node>, name: Name) {
         self.unlinked = false;
         if let Some(old) = &self.parent {
             if same_place(old, &self.name, &parent, &name) {
@@ -73,13 +240,14 @@ impl NodeState {
             }
             if !self.kind.is_dir() {
                 let old = (old.clone(), std::mem::take(&mut self.name));
-                self.aliases.push(old);
+                self.aliases().push(old);
             }
         }
-        self.aliases
-            .retain(|(p, n)| !same_place(p, n, &parent, &name));
-        if self.aliases.len() > MAX_ALIASES {
-            self.aliases.remove(0);
+        self.retain_aliases(|(p, n)| !same_place(p, n, &parent, &name));
+        if let Some(e) = &mut self.extra
+            && e.aliases.len() > MAX_ALIASES
+        {
+            e.aliases.remove(0);
         }
         self.parent = Some(parent);
         self.name = name;
@@ -88,17 +256,17 @@ impl NodeState {
     /// Records that (`parent`, `name`) no longer names the node; another known name takes
     /// its place.
     pub fn forget_name(&mut self, parent: &Arc<Node>, name: &OsStr) {
-        self.aliases
-            .retain(|(p, n)| !same_place(p, n, parent, name));
+        self.retain_aliases(|(p, n)| !same_place(p, n, parent, name));
         let is_primary = self
             .parent
             .as_ref()
             .is_some_and(|p| same_place(p, &self.name, parent, name));
         if is_primary {
-            match self.aliases.pop() {
+            match self.extra.as_mut().and_then(|e| e.aliases.pop()) {
                 Some((p, n)) => {
                     self.parent = Some(p);
                     self.name = n;
+                    self.shrink_extra();
                 }
                 None => self.unlinked = true,
             }
@@ -107,16 +275,14 @@ impl NodeState {
 
     /// Records that the name (`from`) moved to (`parent`, `name`): the node's name if it
     /// was that, else an alias.
-    pub fn rename_name(&mut self, from: (&Arc<Node>, &OsStr), parent: Arc<Node>, name: OsString) {
-        self.aliases
-            .retain(|(p, n)| !same_place(p, n, from.0, from.1));
+    pub fn rename_name(&mut self, from: (&Arc<Node>, &OsStr), parent: Arc<Node>, name: Name) {
+        self.retain_aliases(|(p, n)| !same_place(p, n, from.0, from.1));
         let was_primary = self
             .parent
             .as_ref()
             .is_some_and(|p| same_place(p, &self.name, from.0, from.1));
         if was_primary || self.parent.is_none() {
-            self.aliases
-                .retain(|(p, n)| !same_place(p, n, &parent, &name));
+            self.retain_aliases(|(p, n)| !same_place(p, n, &parent, &name));
             self.parent = Some(parent);
             self.name = name;
             self.unlinked = false;
@@ -126,12 +292,12 @@ impl NodeState {
     }
 
     /// Records another name of the node.
-    pub fn add_alias(&mut self, parent: Arc<Node>, name: OsString) {
-        self.aliases
-            .retain(|(p, n)| !same_place(p, n, &parent, &name));
-        self.aliases.push((parent, name));
-        if self.aliases.len() > MAX_ALIASES {
-            self.aliases.remove(0);
+    pub fn add_alias(&mut self, parent: Arc<Node>, name: Name) {
+        self.retain_aliases(|(p, n)| !same_place(p, n, &parent, &name));
+        let aliases = self.aliases();
+        aliases.push((parent, name));
+        if aliases.len() > MAX_ALIASES {
+            aliases.remove(0);
         }
     }
 
@@ -275,17 +441,27 @@ mod tests {
     use super::*;
 
     fn state() -> NodeState {
-        NodeState {
-            parent: None,
-            name: "x".into(),
-            kind: FileKind::Regular,
-            layer: 0,
-            dirs: Vec::new(),
-            generation: 0,
-            aliases: Vec::new(),
-            unlinked: false,
-            removed: None,
+        NodeState::new(None, "x".into(), FileKind::Regular, 0, Vec::new(), 0)
+    }
+
+    #[test]
+    fn names_short_and_long() {
+        for n in [
+            "",
+            "f1",
+            "exactly-22-bytes-long!",
+            "twenty-three-bytes-long",
+            &"x".repeat(255),
+        ] {
+            let name = Name::new(OsStr::new(n));
+            assert_eq!(&*name, OsStr::new(n));
         }
+        // A node is one allocation of at most 112 bytes with its Arc counts.
+        assert!(
+            std::mem::size_of::<Node>() <= 88,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
     }
 
     #[test]
@@ -312,15 +488,15 @@ mod tests {
         // Removing the name it is reached by promotes the other one.
         st.forget_name(&dir, OsStr::new("t"));
         assert_eq!(st.name, "f");
-        assert!(st.aliases.is_empty());
+        assert!(st.extra.is_none());
         // Looking it up under a new name keeps the old one as an alias, once.
         st.set_primary(dir.clone(), "g".into());
         st.set_primary(dir.clone(), "g".into());
         assert_eq!(st.name, "g");
-        assert_eq!(st.aliases.len(), 1);
+        assert_eq!(st.aliases().len(), 1);
         st.forget_name(&dir, OsStr::new("f"));
         assert_eq!(st.name, "g");
-        assert!(st.aliases.is_empty());
+        assert!(st.extra.is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use dashmap::DashMap;
 
@@ -31,7 +31,7 @@ use crate::layer::{FileKind, LayerStack};
 use crate::sys::{self, Errno, Stat, SysResult};
 use handle::HandleTable;
 use index::DirIndex;
-use inode::{Node, NodeState, NodeTable, ROOT_ID};
+use inode::{Name, Node, NodeState, NodeTable, ROOT_ID};
 
 /// Attributes of a merged-view object: the backing `stat` with the merged-view inode number.
 #[derive(Clone, Copy, Debug)]
@@ -80,7 +80,7 @@ pub struct UnionFs {
     /// Bumped when a directory tree is copied up, which leaves the cached layer
     /// instances of nodes inside it out of date; nodes of an older generation are
     /// resolved again before use.
-    tree_gen: AtomicU64,
+    tree_gen: AtomicU32,
     /// Merged listings of recently listed directories, for lookups right after a readdir.
     indexes: index::IndexCache,
     /// Where copy-up and whiteout events go when someone listens.
@@ -133,17 +133,14 @@ impl UnionFs {
         }
         let merged = resolver.finish().merged;
         dirs.retain(|(l, _)| merged.contains(l));
-        nodes.insert_root(NodeState {
-            parent: None,
-            name: OsString::new(),
-            kind: FileKind::Directory,
-            layer: 0,
+        nodes.insert_root(NodeState::new(
+            None,
+            Name::default(),
+            FileKind::Directory,
+            0,
             dirs,
-            generation: 0,
-            aliases: Vec::new(),
-            unlinked: false,
-            removed: None,
-        });
+            0,
+        ));
         Ok(UnionFs {
             stack,
             nodes,
@@ -152,7 +149,7 @@ impl UnionFs {
             whiteout,
             temp_counter: AtomicU64::new(0),
             copied: DashMap::new(),
-            tree_gen: AtomicU64::new(0),
+            tree_gen: AtomicU32::new(0),
             indexes: index::IndexCache::default(),
             tracer: Arc::default(),
             shared_whiteout: parking_lot::Mutex::new(None),
@@ -223,7 +220,7 @@ impl UnionFs {
         Ok(node)
     }
 
-    pub(super) fn generation(&self) -> u64 {
+    pub(super) fn generation(&self) -> u32 {
         self.tree_gen.load(std::sync::atomic::Ordering::Acquire)
     }
 
@@ -246,9 +243,9 @@ impl UnionFs {
         let found = self.find(&parent.state.read(), &name)?;
         let mut st = node.state.write();
         if let Some(f) = found {
-            st.layer = f.layer;
+            st.set_layer(f.layer);
             st.kind = f.kind;
-            st.dirs = f.dirs;
+            st.dirs = f.dirs.into_boxed_slice();
         }
         st.generation = now;
         Ok(())
@@ -271,7 +268,7 @@ impl UnionFs {
         }
         let parent = st.parent.as_ref().ok_or(Errno::ESTALE)?;
         let pst = parent.state.read();
-        let dir = pst.dir_in(st.layer).ok_or(Errno::ESTALE)?;
+        let dir = pst.dir_in(st.layer()).ok_or(Errno::ESTALE)?;
         f(Place::Entry(dir, &st.name))
     }
 
@@ -279,7 +276,7 @@ impl UnionFs {
         if node.state.read().unlinked {
             // Removed while open: what an open upper file says, else what it was when its
             // last name went (a lower descriptor would show the lower file).
-            let removed = node.state.read().removed.as_deref().copied();
+            let removed = node.state.read().removed();
             let st = match (self.handles.upper_file_of(node.id), removed) {
                 (Some(file), _) => sys::stat_fd(file.as_fd())?,
                 (None, Some(st)) => st,
@@ -305,7 +302,7 @@ impl UnionFs {
             if ns.dirs.len() > 1 {
                 st.st_nlink = 1;
             }
-            ns.layer
+            ns.layer()
         };
         Ok(Attr {
             ino: node.id,
@@ -338,6 +335,12 @@ impl UnionFs {
             self.find_indexed(&parent, &pst, name)?
                 .ok_or(Errno::ENOENT)?
         };
+        Ok(self.remember(parent, name, found))
+    }
+
+    /// Counts one kernel reference to `found`, the entry `name` of `parent`, and gives
+    /// its attributes.
+    pub(super) fn remember(&self, parent: Arc<Node>, name: &OsStr, found: Found) -> Attr {
         let (id, layer) = (found.id, found.layer);
         let attr = Attr {
             ino: id,
@@ -346,19 +349,16 @@ impl UnionFs {
         };
         self.nodes.lookup(
             id,
-            NodeState {
-                parent: Some(parent),
-                name: name.to_os_string(),
-                kind: found.kind,
+            NodeState::new(
+                Some(parent),
+                name.into(),
+                found.kind,
                 layer,
-                dirs: found.dirs,
-                generation: self.generation(),
-                aliases: Vec::new(),
-                unlinked: false,
-                removed: None,
-            },
+                found.dirs,
+                self.generation(),
+            ),
         );
-        Ok(attr)
+        attr
     }
 
     /// The id of a non-directory found in `layer`: a file copied up during this mount keeps
@@ -433,8 +433,9 @@ impl UnionFs {
         let mut resolver = Resolver::new(self.stack.upper());
         let mut stats: Vec<(usize, Stat)> = Vec::new();
         let mut dirs = Vec::new();
-        for (layer, fd) in &pst.dirs {
-            let p = self.stack.probe(fd.as_fd(), name)?;
+        for (i, (layer, fd)) in pst.dirs.iter().enumerate() {
+            let bottom = i + 1 == pst.dirs.len();
+            let p = self.stack.probe_in(fd.as_fd(), name, bottom)?;
             let step = resolver.feed(*layer, p.probe);
             if let Some(s) = p.stat {
                 stats.push((*layer, s));
@@ -528,7 +529,7 @@ impl UnionFs {
             return self.open_for_write(id, flags);
         }
         let node = self.node(id)?;
-        if node.state.read().layer == 0 && !self.read_only() {
+        if node.state.read().layer() == 0 && !self.read_only() {
             return self.open_upper(&node, flags);
         }
         let fd = self.with_place(&node, |p| match p {
@@ -540,7 +541,7 @@ impl UnionFs {
         let file = Arc::new(File::from(fd));
         let place = {
             let st = node.state.read();
-            st.parent.clone().map(|p| (p, st.name.clone()))
+            st.parent.clone().map(|p| (p, st.name.to_os_string()))
         };
         let fh = self.handles.add_file(handle::OpenFile {
             file: file.clone(),
@@ -573,7 +574,7 @@ impl UnionFs {
     fn follow_copy_up(&self, fh: u64, ino: u64) -> SysResult<Arc<File>> {
         let copied = self.nodes.get(ino).filter(|n| {
             let st = n.state.read();
-            st.layer == 0 && !st.unlinked
+            st.layer() == 0 && !st.unlinked
         });
         if let Some(node) = copied {
             let fd = self.with_place(&node, |p| match p {

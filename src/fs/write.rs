@@ -73,8 +73,11 @@ impl UnionFs {
     /// upper entry would then reveal it, so a whiteout is needed.
     fn lower_has(&self, pst: &NodeState, name: &OsStr) -> SysResult<bool> {
         let mut resolver = Resolver::new(None);
-        for (layer, fd) in pst.dirs.iter().filter(|(l, _)| *l != 0) {
-            let p = self.stack.probe(fd.as_fd(), name)?;
+        let lowers: Vec<_> = pst.dirs.iter().filter(|(l, _)| *l != 0).collect();
+        for (i, (layer, fd)) in lowers.iter().enumerate() {
+            let p = self
+                .stack
+                .probe_in(fd.as_fd(), name, i + 1 == lowers.len())?;
             if resolver.feed(*layer, p.probe) == Step::Done {
                 break;
             }
@@ -87,26 +90,23 @@ impl UnionFs {
         match self.nodes.get(f.id) {
             Some(n) => {
                 let mut st = n.state.write();
-                st.layer = f.layer;
+                st.set_layer(f.layer);
                 st.kind = f.kind;
-                st.dirs = f.dirs;
-                st.set_primary(parent.clone(), name.to_os_string());
+                st.dirs = f.dirs.into_boxed_slice();
+                st.set_primary(parent.clone(), name.into());
                 drop(st);
                 n
             }
             None => Arc::new(Node::new(
                 f.id,
-                NodeState {
-                    parent: Some(parent.clone()),
-                    name: name.to_os_string(),
-                    kind: f.kind,
-                    layer: f.layer,
-                    dirs: f.dirs,
-                    generation: self.generation(),
-                    aliases: Vec::new(),
-                    unlinked: false,
-                    removed: None,
-                },
+                NodeState::new(
+                    Some(parent.clone()),
+                    name.into(),
+                    f.kind,
+                    f.layer,
+                    f.dirs,
+                    self.generation(),
+                ),
             )),
         }
     }
@@ -143,7 +143,10 @@ impl UnionFs {
             if !pst.kind.is_dir() {
                 return Err(Errno::ENOTDIR);
             }
-            if self.find(&pst, name)?.is_some() {
+            // In a directory of the upper layer alone, the upper slot probed below tells
+            // whether the name exists.
+            let upper_only = matches!(&*pst.dirs, [(0, _)]);
+            if !upper_only && self.find(&pst, name)?.is_some() {
                 return Err(Errno::EEXIST);
             }
         }
@@ -231,6 +234,20 @@ impl UnionFs {
             self.copied
                 .insert((st.st_dev, st.st_ino), self.nodes.fresh_id());
         }
+        // The new object is all the merged view shows of the name: a directory made
+        // where lower ones are hidden is opaque.
+        let kind = crate::layer::stack::kind_of(&st)?;
+        let found = Found {
+            layer: 0,
+            kind,
+            dirs: if is_dir {
+                vec![(0, sys::open_dir_at(upper, name)?)]
+            } else {
+                Vec::new()
+            },
+            id: self.file_id(0, &st),
+            stat: st,
+        };
         drop(pst);
         if let Some(pp) = parent_path
             && is_dir
@@ -243,7 +260,7 @@ impl UnionFs {
                 reason: trace::current_reason(),
             });
         }
-        self.lookup(parent, name)
+        Ok(self.remember(parent_node, name, found))
     }
 
     /// Opens a file for writing (copying it up first) or reading.
@@ -556,7 +573,7 @@ impl UnionFs {
             if layer == 0 {
                 gone.st_nlink = gone.st_nlink.saturating_sub(1);
             }
-            st.removed = Some(Box::new(gone));
+            st.set_removed(gone);
         }
     }
 
@@ -569,8 +586,8 @@ impl UnionFs {
         name: &OsStr,
     ) {
         let mut st = node.state.write();
-        st.rename_name(from, parent.clone(), name.to_os_string());
-        st.layer = 0;
+        st.rename_name(from, parent.clone(), name.into());
+        st.set_layer(0);
         st.generation = self.generation();
     }
 
@@ -620,9 +637,7 @@ impl UnionFs {
                 Slot::Taken => return Err(Errno::EEXIST),
             }
         }
-        node.state
-            .write()
-            .add_alias(np.clone(), newname.to_os_string());
+        node.state.write().add_alias(np.clone(), newname.into());
         // Answer as a lookup of the new name would: every name of the file gets the
         // same number (the node's, unless the copy-up made the file a new inode).
         self.lookup(newparent, newname)
@@ -775,7 +790,7 @@ impl UnionFs {
     pub fn is_copied_up(&self, id: u64) -> bool {
         self.nodes
             .get(id)
-            .is_some_and(|n| n.state.read().layer == 0)
+            .is_some_and(|n| n.state.read().layer() == 0)
     }
 
     /// Copies `id` up and shows the copy as a new inode from now on: used when a lower

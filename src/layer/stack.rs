@@ -27,6 +27,10 @@ pub struct Layer {
     pub writable: bool,
 }
 
+/// The most layers one stack may have (nodes keep a layer index in 16 bits; kernel
+/// overlayfs allows 500).
+pub const MAX_LAYERS: usize = u16::MAX as usize;
+
 /// The layers of one mount, top-down.
 #[derive(Debug)]
 pub struct LayerStack {
@@ -49,6 +53,12 @@ pub struct Probed {
 impl LayerStack {
     /// Opens every layer root. `upper` becomes layer 0.
     pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> io::Result<LayerStack> {
+        if lowers.len() + usize::from(upper.is_some()) > MAX_LAYERS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("too many layers: {} (at most {MAX_LAYERS})", lowers.len()),
+            ));
+        }
         let mut layers = Vec::new();
         let named = upper
             .map(|u| (u, true))
@@ -110,6 +120,12 @@ impl LayerStack {
 
     /// Probes `name` inside the layer directory `dir`.
     pub fn probe(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Probed> {
+        self.probe_in(dir, name, false)
+    }
+
+    /// [`Self::probe`] in `dir`, with `bottom` when no layer below it takes part in the
+    /// merge: a whiteout there hides nothing, so an absent name needs no `.wh.` probe.
+    pub fn probe_in(&self, dir: BorrowedFd<'_>, name: &OsStr, bottom: bool) -> SysResult<Probed> {
         match sys::stat_at(dir, name) {
             Ok(st) => {
                 let kind = kind_of(&st)?;
@@ -139,6 +155,11 @@ impl LayerStack {
                     })
                 }
             }
+            Err(Errno::ENOENT) if bottom => Ok(Probed {
+                probe: Probe::Absent,
+                stat: None,
+                dir: None,
+            }),
             Err(Errno::ENOENT) => {
                 let wh = whiteout::whiteout_name(name.as_bytes());
                 match sys::stat_at(dir, OsStr::from_bytes(&wh)) {
