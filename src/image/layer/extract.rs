@@ -52,12 +52,16 @@ pub struct ExtractOptions {
     /// Write whiteout devices, the opaque xattr, device nodes, owners, set-id bits and
     /// `trusted.*`/`security.*` xattrs. Defaults to whether the process runs as root.
     pub privileged: bool,
+    /// Threads writing small files while the archive is read on: `None` for one per core
+    /// (at most 4, none on one core), `Some(0)` to write every file on the reading thread.
+    pub writers: Option<usize>,
 }
 
 impl Default for ExtractOptions {
     fn default() -> Self {
         ExtractOptions {
             privileged: sys::euid() == 0,
+            writers: None,
         }
     }
 }
@@ -136,7 +140,7 @@ pub fn extract_layer_limited(
         eof: false,
     });
     std::thread::scope(|scope| {
-        let pool = match pool::workers() {
+        let pool = match opts.writers.unwrap_or_else(pool::workers) {
             0 => None,
             n => Some(FilePool::start(scope, n, dest, opts.privileged, born)),
         };
@@ -494,7 +498,9 @@ impl Extractor<'_> {
             data.extend_from_slice(piece);
             Ok(())
         })?;
-        pool.submit(FileJob {
+        let dir = rel.iter().rposition(|&b| b == b'/').unwrap_or(0);
+        let dir = rel[..dir].to_vec();
+        pool.submit(&dir, FileJob {
             seq: self.seq,
             parent,
             name: name.to_owned(),

@@ -1,5 +1,8 @@
 //! Small files written by worker threads while the archive is read on, so that creating
 //! files (most of an extraction's time: the filesystem allocating inodes) uses every core.
+//! Files go to workers by directory, each new directory to the next worker: creating in
+//! a directory takes its lock, so two threads filling the same one would mostly wait for
+//! each other; the queues are deep enough for the reader to get ahead into the next.
 //!
 //! The extractor keeps the archive's order where it matters: it sends a file here only
 //! when its name is new (no earlier entry, no directory made for one) and no parent of it
@@ -24,9 +27,9 @@ use crate::image::{ImageError, ImageResult, join_rel};
 use crate::sys;
 
 /// Largest file sent to a worker (its data is held in memory meanwhile).
-pub const SMALL_FILE: u64 = 256 << 10;
-/// Files sent and not yet taken by a worker, at most.
-const QUEUE: usize = 64;
+pub const SMALL_FILE: u64 = 64 << 10;
+/// Files queued for one worker, at most (so at most 8 MiB of data per worker).
+const QUEUE: usize = 128;
 
 /// One file to create: its parent, name, data and metadata.
 pub struct FileJob {
@@ -62,7 +65,11 @@ impl Shared {
 
 /// Worker threads creating small files; dropped, it lets them finish and stop.
 pub struct FilePool {
-    tx: Option<SyncSender<FileJob>>,
+    /// One queue per worker.
+    txs: Vec<SyncSender<FileJob>>,
+    /// The directory of the last file sent and its worker; the next directory goes to
+    /// the next worker.
+    last: Mutex<(Vec<u8>, usize)>,
     shared: Arc<Shared>,
 }
 
@@ -81,30 +88,41 @@ impl FilePool {
         privileged: bool,
         born: Born,
     ) -> FilePool {
-        let (tx, rx) = sync_channel::<FileJob>(QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             done: Condvar::new(),
         });
-        for _ in 0..n {
-            let (rx, shared) = (rx.clone(), shared.clone());
-            scope.spawn(move || work(&rx, &shared, dest, privileged, &born));
-        }
+        let txs = (0..n.max(1))
+            .map(|_| {
+                let (tx, rx) = sync_channel::<FileJob>(QUEUE);
+                let shared = shared.clone();
+                scope.spawn(move || work(rx, &shared, dest, privileged, &born));
+                tx
+            })
+            .collect();
         FilePool {
-            tx: Some(tx),
+            txs,
+            last: Mutex::new((Vec::new(), 0)),
             shared,
         }
     }
 
-    /// Sends a file to the workers; fails (after waiting for the others) if one failed.
-    pub fn submit(&self, job: FileJob) -> ImageResult<()> {
+    /// Sends a file to the worker of its directory (`dir`, the parent's path in the
+    /// layer); fails (after waiting for the others) if one failed.
+    pub fn submit(&self, dir: &[u8], job: FileJob) -> ImageResult<()> {
         if self.shared.lock().failed.is_some() {
             return self.barrier().map(drop);
         }
+        let tx = {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.0 != dir {
+                last.0 = dir.to_vec();
+                last.1 = (last.1 + 1) % self.txs.len();
+            }
+            &self.txs[last.1]
+        };
         self.shared.lock().outstanding += 1;
-        let sent = self.tx.as_ref().map(|tx| tx.send(job));
-        if !matches!(sent, Some(Ok(()))) {
+        if tx.send(job).is_err() {
             // Workers gone: only after a panic.
             self.shared.lock().outstanding -= 1;
             return Err(ImageError::Invalid("a file writer stopped".to_string()));
@@ -126,19 +144,9 @@ impl FilePool {
     }
 }
 
-impl Drop for FilePool {
-    fn drop(&mut self) {
-        // Closing the queue ends the workers once it is empty.
-        self.tx = None;
-    }
-}
-
-fn work(rx: &Mutex<Receiver<FileJob>>, shared: &Shared, dest: &Path, privileged: bool, born: &Born) {
-    loop {
-        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-            Ok(job) => job,
-            Err(_) => return,
-        };
+/// Writes the files of one queue until the pool is dropped (which closes the queue).
+fn work(rx: Receiver<FileJob>, shared: &Shared, dest: &Path, privileged: bool, born: &Born) {
+    while let Ok(job) = rx.recv() {
         let finished = Finished(shared, job.seq);
         if shared.lock().failed.is_some() {
             continue;
