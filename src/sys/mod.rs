@@ -347,6 +347,12 @@ pub fn current_umask() -> Option<u32> {
     u32::from_str_radix(line.trim(), 8).ok()
 }
 
+/// The one-minute load average (runnable and waiting tasks), from `/proc/loadavg`.
+pub fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// Whether this process may use FUSE passthrough (it needs `CAP_SYS_ADMIN`).
 pub fn may_passthrough() -> bool {
     euid() == 0

@@ -73,10 +73,14 @@ pub struct FilePool {
     shared: Arc<Shared>,
 }
 
-/// How many workers an extraction uses: one per core, at most 4; none on one core.
+/// How many workers an extraction uses: one per core, at most 4; none on one core, nor
+/// when the machine has no core to spare (a load average of one per core or more): then
+/// the threads would only take turns on the filesystem's locks, burning more CPU for the
+/// same wall time.
 pub fn workers() -> usize {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if n < 2 { 0 } else { n.min(4) }
+    let busy = sys::load_average().is_some_and(|l| l >= n as f64);
+    if n < 2 || busy { 0 } else { n.min(4) }
 }
 
 impl FilePool {
