@@ -26,6 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -180,9 +181,10 @@ struct Extractor<'a> {
     /// Modes and times of directories, set last (children change a directory's mtime, and
     /// a read-only mode would stop an unprivileged extraction from filling it).
     dirs: HashMap<Vec<u8>, DirMeta>,
-    /// Every non-directory name the archive made: a later entry there, or beneath it,
-    /// waits for the file writers first.
-    names: HashSet<Vec<u8>>,
+    /// Hashes of every non-directory name the archive made: a later entry there, or
+    /// beneath it, waits for the file writers first. A hash (8 bytes, not the path) keeps
+    /// a layer of millions of files small; a collision only costs a needless wait.
+    names: HashSet<u64>,
     buf: Vec<u8>,
     stats: ExtractStats,
     max_data_bytes: Option<u64>,
@@ -191,6 +193,13 @@ struct Extractor<'a> {
     pool: Option<&'a FilePool>,
     /// The current entry's place in the archive.
     seq: u64,
+}
+
+/// The hash [`Extractor::names`] keeps of a path.
+fn name_hash(rel: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    rel.hash(&mut h);
+    h.finish()
 }
 
 /// The layer-relative path of components, joined by `/`.
@@ -235,14 +244,14 @@ impl Extractor<'_> {
 
     /// Whether an earlier entry made `rel` (a directory made for a parent included).
     fn known(&self, rel: &[u8]) -> bool {
-        self.dirs.contains_key(rel) || self.names.contains(rel)
+        self.dirs.contains_key(rel) || self.names.contains(&name_hash(rel))
     }
 
-    /// Whether a parent of `rel` is a non-directory the archive made.
+    /// Whether a parent of `rel` is (or may be) a non-directory the archive made.
     fn parent_is_named(&self, rel: &[u8]) -> bool {
         rel.iter()
             .enumerate()
-            .any(|(i, &b)| b == b'/' && self.names.contains(&rel[..i]))
+            .any(|(i, &b)| b == b'/' && self.names.contains(&name_hash(&rel[..i])))
     }
 
     fn invalid(&self, raw: &[u8], why: &str) -> ImageError {
@@ -303,9 +312,9 @@ impl Extractor<'_> {
             self.barrier()?;
         }
         if kind != EntryType::Directory {
-            self.names.insert(rel.clone());
+            self.names.insert(name_hash(&rel));
             if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
-                self.names.insert(child_rel(&rel_of(parents), target));
+                self.names.insert(name_hash(&child_rel(&rel_of(parents), target)));
             }
         }
         let parent = cursor
