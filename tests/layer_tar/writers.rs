@@ -73,7 +73,12 @@ fn ordered_archive() -> Vec<u8> {
     a.dir("a/", 0o755);
     for i in 0..300u32 {
         let data = format!("file {i}\n").repeat(i as usize % 7);
-        a.file(&format!("a/f{i:03}"), modes[i as usize % 8], (i % 3) * 500, data.as_bytes());
+        a.file(
+            &format!("a/f{i:03}"),
+            modes[i as usize % 8],
+            (i % 3) * 500,
+            data.as_bytes(),
+        );
     }
     // Names written again: the later entry wins.
     a.file("a/f005", 0o600, 0, b"second");
@@ -104,7 +109,10 @@ fn ordered_archive() -> Vec<u8> {
         0,
         b"xattrs",
         None,
-        &[("SCHILY.xattr.user.k", b"v"), ("mtime", b"1700000000.123456789")],
+        &[
+            ("SCHILY.xattr.user.k", b"v"),
+            ("mtime", b"1700000000.123456789"),
+        ],
     );
     a.dir("ro/", 0o555);
     a.file("ro/f", 0o444, 0, b"in a read-only directory");
@@ -134,7 +142,12 @@ fn times(root: &Path) -> BTreeMap<String, (i64, i64)> {
     out
 }
 
-fn extract(tar: &[u8], dest: &Path, privileged: bool, writers: usize) -> Result<ExtractStats, String> {
+fn extract(
+    tar: &[u8],
+    dest: &Path,
+    privileged: bool,
+    writers: usize,
+) -> Result<ExtractStats, String> {
     std::fs::create_dir(dest).unwrap();
     let opts = ExtractOptions {
         privileged,
@@ -152,13 +165,20 @@ fn writer_threads_give_what_one_thread_gives() {
         let stats = extract(&tar, &one, privileged, 0).unwrap();
         assert_eq!(std::fs::read(one.join("a/f005")).unwrap(), b"second");
         assert_eq!(std::fs::read(one.join("h2")).unwrap(), b"second");
-        assert_eq!(std::fs::read(one.join("d")).unwrap(), b"a file over a directory");
+        assert_eq!(
+            std::fs::read(one.join("d")).unwrap(),
+            b"a file over a directory"
+        );
         for writers in [1, 3] {
             let many = tmp.path().join(format!("many-{privileged}-{writers}"));
             let got = extract(&tar, &many, privileged, writers).unwrap();
             assert_eq!(got, stats, "privileged {privileged}, {writers} writers");
             assert_same_snapshots(&snapshot(&one), &snapshot(&many), "one thread", "writers");
-            assert_eq!(times(&one), times(&many), "privileged {privileged}, {writers} writers");
+            assert_eq!(
+                times(&one),
+                times(&many),
+                "privileged {privileged}, {writers} writers"
+            );
         }
     }
 }
@@ -182,7 +202,10 @@ fn the_earliest_failing_file_is_reported() {
     let tmp = scratch();
     for writers in [0, 1, 3] {
         let e = extract(&tar, &tmp.path().join(format!("w{writers}")), true, writers).unwrap_err();
-        assert!(e.contains("bad1") && !e.contains("bad2"), "{writers} writers: {e}");
+        assert!(
+            e.contains("bad1") && !e.contains("bad2"),
+            "{writers} writers: {e}"
+        );
     }
 }
 
@@ -195,7 +218,10 @@ fn a_cut_archive_fails_with_writers_too() {
         for writers in [0, 3] {
             let dest = tmp.path().join(format!("cut-{cut}-{writers}"));
             let e = extract(&tar[..cut], &dest, true, writers).unwrap_err();
-            assert!(e.contains("truncated"), "{writers} writers, cut at {cut}: {e}");
+            assert!(
+                e.contains("truncated"),
+                "{writers} writers, cut at {cut}: {e}"
+            );
         }
     }
 }

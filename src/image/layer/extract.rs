@@ -26,8 +26,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::fs::File;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -314,7 +314,8 @@ impl Extractor<'_> {
         if kind != EntryType::Directory {
             self.names.insert(name_hash(&rel));
             if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
-                self.names.insert(name_hash(&child_rel(&rel_of(parents), target)));
+                self.names
+                    .insert(name_hash(&child_rel(&rel_of(parents), target)));
             }
         }
         let parent = cursor
@@ -343,15 +344,13 @@ impl Extractor<'_> {
             }
         }
         match kind {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                match self.pool {
-                    Some(pool) if !known && e.size() <= pool::SMALL_FILE => {
-                        let parent = cursor.current(root_arc);
-                        self.send_file(pool, parent, name, rel, e, meta)
-                    }
-                    _ => self.file(parent, name, &rel, e, &meta),
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => match self.pool {
+                Some(pool) if !known && e.size() <= pool::SMALL_FILE => {
+                    let parent = cursor.current(root_arc);
+                    self.send_file(pool, parent, name, rel, e, meta)
                 }
-            }
+                _ => self.file(parent, name, &rel, e, &meta),
+            },
             EntryType::Directory => {
                 let room = fsops::make_room(parent, name, true, &rel, &mut self.dirs)
                     .map_err(|err| ImageError::sys("replacing", self.path(&comps), err))?;
@@ -509,14 +508,17 @@ impl Extractor<'_> {
         })?;
         let dir = rel.iter().rposition(|&b| b == b'/').unwrap_or(0);
         let dir = rel[..dir].to_vec();
-        pool.submit(&dir, FileJob {
-            seq: self.seq,
-            parent,
-            name: name.to_owned(),
-            rel,
-            data,
-            meta,
-        })
+        pool.submit(
+            &dir,
+            FileJob {
+                seq: self.seq,
+                parent,
+                name: name.to_owned(),
+                rel,
+                data,
+                meta,
+            },
+        )
     }
 
     fn file<R: Read>(
@@ -546,7 +548,8 @@ impl Extractor<'_> {
         let mut file = File::from(fd);
         self.check_limit(rel, e.size())?;
         self.copy_data(e, rel, |piece| {
-            file.write_all(piece).map_err(ImageError::io("writing", path()))
+            file.write_all(piece)
+                .map_err(ImageError::io("writing", path()))
         })?;
         fsops::apply_file_meta(&file, meta, self.opts.privileged, &self.born)
             .map_err(|(op, err)| ImageError::sys(op, path(), err))

@@ -215,7 +215,13 @@ mod tests {
         mixed.extend(random(300_000, 7));
         mixed.extend(text(100_001));
         mixed.extend(random(3, 9));
-        for data in [Vec::new(), b"x".to_vec(), text(PIECE), random(PIECE + 1, 3), mixed] {
+        for data in [
+            Vec::new(),
+            b"x".to_vec(),
+            text(PIECE),
+            random(PIECE + 1, 3),
+            mixed,
+        ] {
             for ws in [1 << 20, PIECE, 1000, 7] {
                 let gz = encode(&data, ws);
                 assert_eq!(decode(&gz), data, "{} bytes, writes of {ws}", data.len());
@@ -228,7 +234,11 @@ mod tests {
         let data = random(4 << 20, 5);
         let gz = encode(&data, 1 << 20);
         // Stored: 5 bytes per 64 KiB block, plus header and trailer.
-        assert!(gz.len() < data.len() + data.len() / 1000 + 64, "{}", gz.len());
+        assert!(
+            gz.len() < data.len() + data.len() / 1000 + 64,
+            "{}",
+            gz.len()
+        );
         let data = text(4 << 20);
         let gz = encode(&data, 1 << 20);
         assert!(gz.len() < data.len() / 20, "{}", gz.len());

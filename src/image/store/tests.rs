@@ -562,11 +562,20 @@ fn a_plain_layer_is_checked_by_its_blob_digest() {
 
     let path = store.blob_path(blob.digest()).unwrap();
     let mut bad = tar.clone();
-    let at = bad.windows(9).position(|w| w == b"data 150\0" || w == b"data 150d").unwrap();
+    let at = bad
+        .windows(9)
+        .position(|w| w == b"data 150\0" || w == b"data 150d")
+        .unwrap();
     bad[at] = b'D';
     fs::write(&path, &bad).unwrap();
-    let e = store.ensure_image_layers(&img, extract).unwrap_err().to_string();
-    assert!(e.contains(&format!("blob {} is corrupt", blob.digest())), "{e}");
+    let e = store
+        .ensure_image_layers(&img, extract)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("blob {} is corrupt", blob.digest())),
+        "{e}"
+    );
     assert!(!store.layer_dir(&diff_id).unwrap().exists());
     assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
 
@@ -593,7 +602,10 @@ fn a_cut_layer_tar_gives_no_layer() {
         let tag = format!("cut{cut}");
         add(&store, vec![(blob, diff_id.clone())], &tag);
         let img = store.resolve(&tag).unwrap();
-        let e = store.ensure_image_layers(&img, extract).unwrap_err().to_string();
+        let e = store
+            .ensure_image_layers(&img, extract)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("truncated"), "cut at {cut}: {e}");
         assert!(!store.layer_dir(&diff_id).unwrap().exists());
         assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
