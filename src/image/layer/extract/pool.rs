@@ -74,12 +74,12 @@ pub struct FilePool {
 }
 
 /// How many workers an extraction uses: one per core, at most 4; none on one core, nor
-/// when the machine has no core to spare (a load average of one per core or more): then
-/// the threads would only take turns on the filesystem's locks, burning more CPU for the
-/// same wall time.
+/// on a machine oversubscribed twice over (a load average of two per core or more):
+/// there the threads only take turns on the filesystem's locks, burning more CPU for the
+/// same wall time (docs/layers.md, "Speed", has the measurements).
 pub fn workers() -> usize {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let busy = sys::load_average().is_some_and(|l| l >= n as f64);
+    let busy = sys::load_average().is_some_and(|l| l >= 2.0 * n as f64);
     if n < 2 || busy { 0 } else { n.min(4) }
 }
 
