@@ -180,7 +180,8 @@ proptest! {
             v
         };
         let top = names(jail.path());
-        let _ = extract_layer(&bytes[..], &dest, &ExtractOptions { privileged: true });
+        let opts = ExtractOptions { privileged: true, ..Default::default() };
+        let _ = extract_layer(&bytes[..], &dest, &opts);
         prop_assert_eq!(fingerprint(&outside), before);
         prop_assert_eq!(names(jail.path()), top);
     }

@@ -2,7 +2,8 @@
 //! headers, a golden sha256, the same bytes from either whiteout format, SOURCE_DATE_EPOCH,
 //! refusals), and the round trip `write_layer` -> `extract_layer` -> kernel overlayfs
 //! showing the same tree as the original upper layer did. Hostile and broken archives are
-//! in `layer_tar/hostile.rs`.
+//! in `layer_tar/hostile.rs`; extraction with writer threads against one thread in
+//! `layer_tar/writers.rs`.
 //!
 //! Needs root (device nodes, owners, trusted.* xattrs, kernel overlayfs mounts); nothing
 //! here skips.
@@ -10,6 +11,8 @@
 mod common;
 #[path = "layer_tar/hostile.rs"]
 mod hostile;
+#[path = "layer_tar/writers.rs"]
+mod writers;
 
 use std::ffi::{CString, OsStr};
 use std::fs;
@@ -454,7 +457,10 @@ fn unprivileged_extraction_keeps_oci_markers_and_drops_privileged_bits() {
     let (upper, lowers) = golden_fixture(tmp.path(), WhiteoutFormat::Overlay);
     let (bytes, _) = layer(&upper, &lowers, &LayerOptions::default());
     let dest = mkdir(tmp.path(), "x");
-    let opts = ExtractOptions { privileged: false };
+    let opts = ExtractOptions {
+        privileged: false,
+        ..Default::default()
+    };
     let xs = extract_layer(bytes.as_slice(), &dest, &opts).unwrap();
     // Whiteouts and the opaque marker stay as files, which ufsd reads.
     assert!(

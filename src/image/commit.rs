@@ -12,12 +12,10 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use oci_spec::image::{Descriptor, Digest, HistoryBuilder, ImageConfiguration, MediaType};
 use sha2::{Digest as _, Sha256};
 
-use super::layer::{LayerOptions, LayerStats, write_layer};
+use super::layer::{LayerGzEncoder, LayerOptions, LayerStats, write_layer};
 use super::reference::Reference;
 use super::store::{Image, ImageId, Store};
 use super::{ImageError, ImageResult, changes, diff, rfc3339};
@@ -25,7 +23,8 @@ use super::{ImageError, ImageResult, changes, diff, rfc3339};
 /// How the layer blob is compressed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Compress {
-    /// gzip at level 1 (`tar+gzip`): every tool reads it.
+    /// gzip (`tar+gzip`), level 1 where the data compresses, stored where it does not
+    /// ([`LayerGzEncoder`]): every tool reads it.
     #[default]
     Gzip,
     /// No compression (`tar`): the blob digest is the diff_id, the fastest commit.
@@ -212,7 +211,7 @@ fn write_layer_blob(
                 let mut chunked = io::BufWriter::with_capacity(1 << 20, sink);
                 let (hash, stats) = match opts.compress {
                     Compress::Gzip => {
-                        let gz = GzEncoder::new(&mut chunked, Compression::fast());
+                        let gz = LayerGzEncoder::new(&mut chunked);
                         let mut w = hashing(gz, opts.progress);
                         let stats = write_layer(upper, lowers, &mut w, &opts.layer)?;
                         w.inner

@@ -10,14 +10,18 @@
 //! - [`write_flattened`] writes the merged view of a stack of layer directories (or one
 //!   plain directory) as a single tar, as `docker export` does.
 //!
+//! [`LayerGzEncoder`] compresses a layer blob, storing what does not compress.
+//!
 //! `header` builds tar headers and PAX records; `path` checks the paths of an archive.
 
 mod extract;
 mod flatten;
+mod gzip;
 mod header;
 mod path;
 mod write;
 
 pub use extract::{ExtractOptions, ExtractStats, Skipped, extract_layer, extract_layer_limited};
 pub use flatten::{FlattenStats, write_flattened};
+pub use gzip::LayerGzEncoder;
 pub use write::{LayerOptions, LayerStats, write_layer};

@@ -334,6 +334,25 @@ pub fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
+/// Effective group id of the process.
+pub fn egid() -> u32 {
+    nix::unistd::getegid().as_raw()
+}
+
+/// The process umask, read from `/proc/self/status` (reading it with umask(2) would change
+/// it for a moment under other threads); `None` if the kernel does not say.
+pub fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
+/// The one-minute load average (runnable and waiting tasks), from `/proc/loadavg`.
+pub fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// Whether this process may use FUSE passthrough (it needs `CAP_SYS_ADMIN`).
 pub fn may_passthrough() -> bool {
     euid() == 0

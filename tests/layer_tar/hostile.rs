@@ -89,7 +89,15 @@ fn build(entries: Vec<Raw>) -> Vec<u8> {
 }
 
 fn extract(tar: &[u8], dest: &Path, privileged: bool) -> Result<ExtractStats, String> {
-    extract_layer(tar, dest, &ExtractOptions { privileged }).map_err(|e| e.to_string())
+    extract_layer(
+        tar,
+        dest,
+        &ExtractOptions {
+            privileged,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// A scratch directory with `dest` (empty) and `outside` (a directory an attack aims at).

@@ -23,25 +23,33 @@
 //! stays; the caller extracts into a fresh temporary directory and renames it into place
 //! only on success. An archive must end with its end-of-archive block: one cut exactly at
 //! an entry boundary would otherwise look complete.
+//!
+//! Speed: small files at new names are written by worker threads ([`pool`]) while the
+//! archive is read on; entries whose order matters wait for them, so the tree is the one
+//! a single thread makes. Regular files are in [`files`], filesystem steps in [`fsops`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tar::EntryType;
 
 use super::path::components;
-use crate::image::{ImageError, ImageResult, join_rel};
+use crate::image::{ImageError, ImageResult, child_rel, join_rel};
 use crate::layer::whiteout::{OPAQUE_MARKER, OPAQUE_XATTRS, WHITEOUT_PREFIX};
 use crate::sys::{self, Errno};
 
+mod files;
 mod fsops;
+mod pool;
 
-use fsops::{Cursor, DirMeta, Meta, Room, open_existing};
+use fsops::{Born, Cursor, DirMeta, Meta, Room, open_existing};
+use pool::FilePool;
 
 /// How to extract a layer.
 #[derive(Clone, Debug)]
@@ -49,12 +57,16 @@ pub struct ExtractOptions {
     /// Write whiteout devices, the opaque xattr, device nodes, owners, set-id bits and
     /// `trusted.*`/`security.*` xattrs. Defaults to whether the process runs as root.
     pub privileged: bool,
+    /// Threads writing small files while the archive is read on: `None` for one per core
+    /// (at most 4, none on one core), `Some(0)` to write every file on the reading thread.
+    pub writers: Option<usize>,
 }
 
 impl Default for ExtractOptions {
     fn default() -> Self {
         ExtractOptions {
             privileged: sys::euid() == 0,
+            writers: None,
         }
     }
 }
@@ -126,43 +138,45 @@ pub fn extract_layer_limited(
             dest.display()
         )));
     }
-    let mut ar = tar::Archive::new(EofWatch {
+    let root = Arc::new(root);
+    let born = Born::probe(root.as_fd());
+    let ar = tar::Archive::new(EofWatch {
         inner: BufReader::with_capacity(1 << 16, tar),
         eof: false,
     });
-    let mut cursor = Cursor::default();
-    let mut x = Extractor {
-        dest,
-        opts,
-        dirs: HashMap::new(),
-        buf: vec![0u8; 1 << 20],
-        stats: ExtractStats::default(),
-        max_data_bytes,
-    };
-    let mut last: Option<Vec<u8>> = None;
-    let corrupt = |last: &Option<Vec<u8>>, e: std::io::Error| {
-        let at = match last {
-            Some(p) => format!("after entry `{}`", p.escape_ascii()),
-            None => "at its first entry".to_string(),
+    std::thread::scope(|scope| {
+        let pool = match opts.writers.unwrap_or_else(pool::workers) {
+            0 => None,
+            n => Some(FilePool::start(scope, n, dest, opts.privileged, born)),
         };
-        ImageError::Invalid(format!("layer tar: corrupt or truncated {at}: {e}"))
+        let mut x = Extractor {
+            dest,
+            opts,
+            dirs: HashMap::new(),
+            names: HashSet::new(),
+            buf: vec![0u8; 1 << 20],
+            stats: ExtractStats::default(),
+            max_data_bytes,
+            born,
+            pool: pool.as_ref(),
+            seq: 0,
+        };
+        let read = x.read_all(ar, &root);
+        // A writer's failure is of an earlier entry than any the reader stopped at.
+        x.barrier()?;
+        read?;
+        x.finish_dirs(root.as_fd())?;
+        Ok(x.stats)
+    })
+}
+
+/// Turns a read error of the archive into the error naming where it happened.
+fn corrupt(last: &Option<Vec<u8>>, e: std::io::Error) -> ImageError {
+    let at = match last {
+        Some(p) => format!("after entry `{}`", p.escape_ascii()),
+        None => "at its first entry".to_string(),
     };
-    let entries = ar.entries().map_err(|e| corrupt(&None, e))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| corrupt(&last, e))?;
-        let raw = entry.path_bytes().into_owned();
-        x.entry(&mut cursor, root.as_fd(), &mut entry, &raw)?;
-        last = Some(raw);
-    }
-    if ar.into_inner().eof {
-        return Err(ImageError::Invalid(format!(
-            "layer tar: truncated after entry `{}`: the archive ends without its \
-             end-of-archive block",
-            last.unwrap_or_default().escape_ascii()
-        )));
-    }
-    x.finish_dirs(root.as_fd())?;
-    Ok(x.stats)
+    ImageError::Invalid(format!("layer tar: corrupt or truncated {at}: {e}"))
 }
 
 struct Extractor<'a> {
@@ -171,9 +185,25 @@ struct Extractor<'a> {
     /// Modes and times of directories, set last (children change a directory's mtime, and
     /// a read-only mode would stop an unprivileged extraction from filling it).
     dirs: HashMap<Vec<u8>, DirMeta>,
+    /// Hashes of every non-directory name the archive made: a later entry there, or
+    /// beneath it, waits for the file writers first. A hash (8 bytes, not the path) keeps
+    /// a layer of millions of files small; a collision only costs a needless wait.
+    names: HashSet<u64>,
     buf: Vec<u8>,
     stats: ExtractStats,
     max_data_bytes: Option<u64>,
+    born: Born,
+    /// Writers of small new files, when there is more than one core.
+    pool: Option<&'a FilePool>,
+    /// The current entry's place in the archive.
+    seq: u64,
+}
+
+/// The hash [`Extractor::names`] keeps of a path.
+fn name_hash(rel: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    rel.hash(&mut h);
+    h.finish()
 }
 
 /// The layer-relative path of components, joined by `/`.
@@ -182,6 +212,52 @@ fn rel_of(comps: &[&[u8]]) -> Vec<u8> {
 }
 
 impl Extractor<'_> {
+    /// Extracts every entry, then checks that the archive ended with its end block.
+    fn read_all<R: Read>(
+        &mut self,
+        mut ar: tar::Archive<EofWatch<R>>,
+        root: &Arc<OwnedFd>,
+    ) -> ImageResult<()> {
+        let mut cursor = Cursor::default();
+        let mut last: Option<Vec<u8>> = None;
+        let entries = ar.entries().map_err(|e| corrupt(&None, e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| corrupt(&last, e))?;
+            let raw = entry.path_bytes().into_owned();
+            self.seq += 1;
+            self.entry(&mut cursor, root, &mut entry, &raw)?;
+            last = Some(raw);
+        }
+        if ar.into_inner().eof {
+            return Err(ImageError::Invalid(format!(
+                "layer tar: truncated after entry `{}`: the archive ends without its \
+                 end-of-archive block",
+                last.unwrap_or_default().escape_ascii()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits for the file writers (see [`pool`]).
+    fn barrier(&mut self) -> ImageResult<()> {
+        if let Some(pool) = self.pool {
+            self.stats.xattrs_dropped += pool.barrier()?;
+        }
+        Ok(())
+    }
+
+    /// Whether an earlier entry made `rel` (a directory made for a parent included).
+    fn known(&self, rel: &[u8]) -> bool {
+        self.dirs.contains_key(rel) || self.names.contains(&name_hash(rel))
+    }
+
+    /// Whether a parent of `rel` is (or may be) a non-directory the archive made.
+    fn parent_is_named(&self, rel: &[u8]) -> bool {
+        rel.iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'/' && self.names.contains(&name_hash(&rel[..i])))
+    }
+
     fn invalid(&self, raw: &[u8], why: &str) -> ImageError {
         ImageError::Invalid(format!("layer entry `{}`: {why}", raw.escape_ascii()))
     }
@@ -196,10 +272,11 @@ impl Extractor<'_> {
     fn entry<R: Read>(
         &mut self,
         cursor: &mut Cursor,
-        root: BorrowedFd<'_>,
+        root_arc: &Arc<OwnedFd>,
         e: &mut tar::Entry<'_, R>,
         raw: &[u8],
     ) -> ImageResult<()> {
+        let root = root_arc.as_fd();
         let kind = e.header().entry_type();
         if kind == EntryType::XGlobalHeader {
             return Ok(());
@@ -227,6 +304,24 @@ impl Extractor<'_> {
         if matches!(name, b".wh.." | b".wh...") {
             return Err(self.invalid(raw, "a whiteout of `.` or `..`"));
         }
+        // The order of the archive matters from here on: wait for the file writers unless
+        // this entry is a new name beneath directories only.
+        let known = self.known(&rel);
+        if self.pool.is_some()
+            && (known
+                || kind == EntryType::Link
+                || name.starts_with(WHITEOUT_PREFIX)
+                || self.parent_is_named(&rel))
+        {
+            self.barrier()?;
+        }
+        if kind != EntryType::Directory {
+            self.names.insert(name_hash(&rel));
+            if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+                self.names
+                    .insert(name_hash(&child_rel(&rel_of(parents), target)));
+            }
+        }
         let parent = cursor
             .walk(root, parents, &mut self.dirs)
             .map_err(|why| self.invalid(raw, &why.to_string()))?;
@@ -253,9 +348,13 @@ impl Extractor<'_> {
             }
         }
         match kind {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.file(parent, name, &rel, e, &meta)
-            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => match self.pool {
+                Some(pool) if !known && e.size() <= pool::SMALL_FILE => {
+                    let parent = cursor.current(root_arc);
+                    self.send_file(pool, parent, name, rel, e, meta)
+                }
+                _ => self.file(parent, name, &rel, e, &meta),
+            },
             EntryType::Directory => {
                 let room = fsops::make_room(parent, name, true, &rel, &mut self.dirs)
                     .map_err(|err| ImageError::sys("replacing", self.path(&comps), err))?;
@@ -343,70 +442,6 @@ impl Extractor<'_> {
             Ok(_) => Ok(()),
             Err(e) => Err(err("stat", e)),
         }
-    }
-
-    fn file<R: Read>(
-        &mut self,
-        parent: BorrowedFd<'_>,
-        name: &OsStr,
-        rel: &[u8],
-        e: &mut tar::Entry<'_, R>,
-        meta: &Meta,
-    ) -> ImageResult<()> {
-        let create = || {
-            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
-            sys::open_at(parent, name, flags, 0o600)
-        };
-        // Create first, and make room only when something is in the way: most names are
-        // new.
-        let fd = match create() {
-            Err(Errno::EEXIST) => {
-                self.replace(parent, name, rel)?;
-                create()
-            }
-            other => other,
-        }
-        .map_err(|err| ImageError::sys("creating", join_rel(self.dest, rel), err))?;
-        let path = || join_rel(self.dest, rel);
-        let mut file = File::from(fd);
-        let size = e.size();
-        if let Some(max) = self.max_data_bytes
-            && self.stats.data_bytes.saturating_add(size) > max
-        {
-            return Err(ImageError::Invalid(format!(
-                "layer tar: `{}` would bring the data extracted to more than {max} bytes, \
-                 the limit",
-                rel.escape_ascii()
-            )));
-        }
-        let mut done: u64 = 0;
-        loop {
-            let n = match e.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    return Err(ImageError::Invalid(format!(
-                        "layer tar: corrupt or truncated in the data of `{}`: {err}",
-                        rel.escape_ascii()
-                    )));
-                }
-            };
-            file.write_all(&self.buf[..n])
-                .map_err(ImageError::io("writing", path()))?;
-            done += n as u64;
-        }
-        if done != size {
-            return Err(ImageError::Invalid(format!(
-                "layer tar: truncated in the data of `{}`: {done} of {size} bytes",
-                rel.escape_ascii()
-            )));
-        }
-        self.stats.files += 1;
-        self.stats.data_bytes += size;
-        fsops::apply_file_meta(&file, meta, self.opts.privileged)
-            .map_err(|(op, err)| ImageError::sys(op, path(), err))
-            .map(|dropped| self.stats.xattrs_dropped += dropped)
     }
 
     /// Owner and xattrs of a directory now, mode and times at the end.

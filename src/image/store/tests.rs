@@ -523,3 +523,91 @@ fn an_ambiguous_id_prefix_is_refused() {
     assert!(e.contains("ambiguous"), "{e}");
     assert_eq!(store.resolve(&ida.hex()[..12]).unwrap().id, ida);
 }
+
+/// A tar of files with complete headers (owners too), as `extract_layer` wants them.
+fn layer_tar(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn extract(tar: &mut dyn Read, dir: &Path) -> ImageResult<()> {
+    let opts = crate::image::layer::ExtractOptions::default();
+    crate::image::layer::extract_layer(tar, dir, &opts).map(drop)
+}
+
+/// An uncompressed layer is hashed once, as its blob; a corrupt one is still refused.
+#[test]
+fn a_plain_layer_is_checked_by_its_blob_digest() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path()).unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| (format!("d{}/f{i}", i % 7), format!("data {i}").into_bytes()))
+        .collect();
+    let tar = layer_tar(&files);
+    let blob = store.put_blob_bytes(&tar, MediaType::ImageLayer).unwrap();
+    let diff_id = sha256_digest(&tar);
+    assert_eq!(blob.digest(), &diff_id);
+    add(&store, vec![(blob.clone(), diff_id.clone())], "plain");
+    let img = store.resolve("plain").unwrap();
+
+    let path = store.blob_path(blob.digest()).unwrap();
+    let mut bad = tar.clone();
+    let at = bad
+        .windows(9)
+        .position(|w| w == b"data 150\0" || w == b"data 150d")
+        .unwrap();
+    bad[at] = b'D';
+    fs::write(&path, &bad).unwrap();
+    let e = store
+        .ensure_image_layers(&img, extract)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("blob {} is corrupt", blob.digest())),
+        "{e}"
+    );
+    assert!(!store.layer_dir(&diff_id).unwrap().exists());
+    assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+
+    // Storing the blob again repairs it.
+    store.put_blob_bytes(&tar, MediaType::ImageLayer).unwrap();
+    let dirs = store.ensure_image_layers(&img, extract).unwrap();
+    assert_eq!(fs::read(dirs[0].join("d3/f150")).unwrap(), b"data 150");
+}
+
+/// A layer whose tar stops short (its digests match: it was stored that way) fails to
+/// extract and leaves no layer and no temporary behind.
+#[test]
+fn a_cut_layer_tar_gives_no_layer() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path()).unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| (format!("d{}/f{i}", i % 5), vec![b'x'; i * 3]))
+        .collect();
+    let tar = layer_tar(&files);
+    for cut in [tar.len() / 2 / 512 * 512, tar.len() / 2 + 7] {
+        let part = &tar[..cut];
+        let blob = store.put_blob_bytes(part, MediaType::ImageLayer).unwrap();
+        let diff_id = sha256_digest(part);
+        let tag = format!("cut{cut}");
+        add(&store, vec![(blob, diff_id.clone())], &tag);
+        let img = store.resolve(&tag).unwrap();
+        let e = store
+            .ensure_image_layers(&img, extract)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncated"), "cut at {cut}: {e}");
+        assert!(!store.layer_dir(&diff_id).unwrap().exists());
+        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+    }
+}

@@ -18,8 +18,6 @@ use std::io::{self, BufReader, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use oci_spec::image::{
     Arch, ConfigBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, MediaType,
     Os, RootFsBuilder,
@@ -29,7 +27,8 @@ use sha2::{Digest as _, Sha256};
 use super::{Limited, MaybeGzip, Progress, available_bytes};
 use crate::image::changes::apply_changes;
 use crate::image::layer::{
-    ExtractOptions, ExtractStats, LayerOptions, LayerStats, extract_layer_limited, write_layer,
+    ExtractOptions, ExtractStats, LayerGzEncoder, LayerOptions, LayerStats, extract_layer_limited,
+    write_layer,
 };
 use crate::image::reference::Reference;
 use crate::image::rfc3339;
@@ -194,18 +193,18 @@ pub(crate) fn store_layer(
     std::thread::scope(|s| {
         let worker = s.spawn(
             move || -> ImageResult<(LayerStats, oci_spec::image::Digest)> {
-                let gz = GzEncoder::new(writer, Compression::fast());
+                let gz = LayerGzEncoder::new(io::BufWriter::with_capacity(1 << 20, writer));
                 let mut hw = HashingWriter {
                     inner: gz,
                     hasher: Sha256::new(),
                 };
                 let stats = write_layer(dir, &[], super::Counted::new(&mut hw, progress), opts)?;
                 let HashingWriter { inner, hasher } = hw;
-                let mut pipe = inner
+                let pipe = inner
                     .finish()
-                    .map_err(ImageError::io("compressing layer of", dir))?;
-                pipe.flush()
-                    .map_err(ImageError::io("compressing layer of", dir))?;
+                    .map_err(ImageError::io("compressing layer of", dir))?
+                    .into_inner()
+                    .map_err(|e| ImageError::io("compressing layer of", dir)(e.into_error()))?;
                 let hex = hex::encode(hasher.finalize());
                 let diff_id = crate::image::reference::parse_sha256(&format!("sha256:{hex}"))
                     .unwrap_or_else(|| sha256_digest(b""));

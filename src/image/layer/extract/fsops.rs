@@ -10,6 +10,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 
 use crate::fs::remove_tree;
 use crate::image::layer::header::XATTR_PAX_PREFIX;
@@ -226,16 +227,68 @@ pub fn apply_meta(
     Ok(dropped)
 }
 
-/// Applies all of a regular file's metadata through its open `file` (`fchown`, `fchmod`);
-/// returns how many xattrs were not set.
-pub fn apply_file_meta(file: &File, m: &Meta, privileged: bool) -> Result<u64, StepError> {
+/// What a regular file created by the extraction has before its metadata is applied, so
+/// that calls which would change nothing are left out (most files of most archives need
+/// neither `fchown` nor `fchmod`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Born {
+    /// Owner and group of a new file: the process's, unless a set-group-id directory
+    /// above would hand down its group (then unknown).
+    pub owner: Option<(u32, u32)>,
+    /// The process umask, when known.
+    pub umask: Option<u32>,
+}
+
+impl Born {
+    /// What files created beneath `root` get. Directories made by the extraction are
+    /// 0700 until the end, so only `root` itself can hand down a group.
+    pub fn probe(root: BorrowedFd<'_>) -> Born {
+        let setgid = sys::stat_fd(root).map_or(true, |st| st.st_mode & libc::S_ISGID != 0);
+        Born {
+            owner: (!setgid).then(|| (sys::euid(), sys::egid())),
+            umask: sys::current_umask(),
+        }
+    }
+
+    fn needs_chown(&self, m: &Meta, privileged: bool) -> bool {
+        privileged && self.owner != Some((m.uid, m.gid))
+    }
+
+    /// The mode to create a file for `m` with, and whether `fchmod` must follow. A file
+    /// that changes owner is created 0600 and given its mode after `fchown` (which clears
+    /// set-id bits), as are set-id and sticky files; others get their mode at creation
+    /// when the umask keeps it whole.
+    pub fn create_mode(&self, m: &Meta, privileged: bool) -> (u32, bool) {
+        match self.umask {
+            Some(mask)
+                if m.mode & 0o7000 == 0
+                    && m.mode & mask == 0
+                    && !self.needs_chown(m, privileged) =>
+            {
+                (m.mode, false)
+            }
+            _ => (0o600, true),
+        }
+    }
+}
+
+/// Applies all of a regular file's metadata through its open `file` (`fchown`, `fchmod`,
+/// each only when `born` says it changes something); returns how many xattrs were not set.
+pub fn apply_file_meta(
+    file: &File,
+    m: &Meta,
+    privileged: bool,
+    born: &Born,
+) -> Result<u64, StepError> {
     let errno = |e: io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-    if privileged {
+    if born.needs_chown(m, privileged) {
         std::os::unix::fs::fchown(file, Some(m.uid), Some(m.gid))
             .map_err(|e| ("chown", errno(e)))?;
     }
-    file.set_permissions(std::fs::Permissions::from_mode(m.mode))
-        .map_err(|e| ("chmod", errno(e)))?;
+    if born.create_mode(m, privileged).1 {
+        file.set_permissions(std::fs::Permissions::from_mode(m.mode))
+            .map_err(|e| ("chmod", errno(e)))?;
+    }
     let dropped = apply_xattrs(file.as_fd(), None, m, privileged)?;
     sys::utimens_at(file.as_fd(), None, set_time(m.atime), set_time(m.mtime))
         .map_err(|e| ("setting times of", e))?;
@@ -256,7 +309,8 @@ pub fn apply_dir_meta(dir: BorrowedFd<'_>, d: &DirMeta) -> Result<(), StepError>
 /// while entries come in order.
 #[derive(Default)]
 pub struct Cursor {
-    stack: Vec<(Vec<u8>, OwnedFd)>,
+    /// Shared with the file writers that still have a file to create in them.
+    stack: Vec<(Vec<u8>, Arc<OwnedFd>)>,
 }
 
 /// Opens the directory `name` in `dir` without following a symlink.
@@ -328,9 +382,14 @@ impl Cursor {
                 other => other,
             }
             .map_err(|e| walk_error(parents, i, e))?;
-            self.stack.push((parents[i].to_vec(), fd));
+            self.stack.push((parents[i].to_vec(), Arc::new(fd)));
         }
         Ok(self.stack.last().map_or(root, |(_, fd)| fd.as_fd()))
+    }
+
+    /// The directory the last [`walk`](Self::walk) ended in, to keep; `root` if none.
+    pub fn current(&self, root: &Arc<OwnedFd>) -> Arc<OwnedFd> {
+        self.stack.last().map_or(root, |(_, fd)| fd).clone()
     }
 }
 
