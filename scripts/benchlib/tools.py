@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from .mounts import Mount
-from .system import rmtree, settle, timed
+from .system import settle, timed
 from .workloads import Ctx
 
 
@@ -40,7 +40,7 @@ def has_command(ufsd: Path, name: str) -> bool:
 
 def _store(ctx: Ctx) -> dict[str, str]:
     store = ctx.run_dir / "store"
-    rmtree(store)
+    ctx.discard(store)
     return dict(os.environ, UFSD_ROOT=str(store))
 
 
@@ -62,7 +62,7 @@ def commit_run(ctx: Ctx, ufsd: Path) -> float:
         settle(False, ctx.prefault_mib)
         return timed([str(ufsd), "commit", str(m.mnt), "bench-commit:latest"], env=env)
     secs = ctx.mounted("ufsd", ctx.fx.empty(), body, upper=ctx.fx.root / "cu")
-    rmtree(ctx.run_dir / "store")
+    ctx.discard(ctx.run_dir / "store")
     return secs
 
 
@@ -76,17 +76,17 @@ def import_run(ctx: Ctx, ufsd: Path) -> float:
     env = _store(ctx)
     settle(False, ctx.prefault_mib)
     secs = timed([str(ufsd), "import", str(ctx.fx.root / "untar.tar"), "bench-import:latest"], env=env)
-    rmtree(ctx.run_dir / "store")
+    ctx.discard(ctx.run_dir / "store")
     return secs
 
 
 def import_base(ctx: Ctx) -> float:
     dest = ctx.run_dir / "x"
-    rmtree(dest)
+    ctx.discard(dest)
     dest.mkdir(parents=True)
     settle(False, ctx.prefault_mib)
     secs = timed(["tar", "-xf", str(ctx.fx.root / "untar.tar"), "-C", str(dest)])
-    rmtree(dest)
+    ctx.discard(dest)
     return secs
 
 
