@@ -643,7 +643,13 @@ fn parallel_load_matches_kernel_overlayfs_without_hangs() {
         ("readdir-churn", &["ENOENT"], readdir_churn),
         ("shared-copy-up", &[], shared_copy_up),
     ];
-    for (name, races, work) in workloads {
+    // UFSD_LOAD_ONLY=NAME[,NAME...] runs only those workloads (to repeat one many times).
+    let only = std::env::var("UFSD_LOAD_ONLY").ok();
+    let picked = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == name))
+    };
+    for (name, races, work) in workloads.into_iter().filter(|(n, _, _)| picked(n)) {
         let (u, ops, known_events) = on_both(&pair, name, races, work);
         lost += known_events;
         for bad in ["wrong-data", "lost", "duplicate", "left the tree"] {
