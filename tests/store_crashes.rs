@@ -698,3 +698,121 @@ fn killing_the_daemon_of_a_mount_being_committed_loses_nothing() {
         found.len()
     );
 }
+
+/// Kills `ufsd mount IMAGE MNT` (its layers already extracted) as soon as the container's
+/// directory appears, many times over: every container recorded must have its upper and
+/// work directories (a record without them would be a container that can never mount and
+/// that check calls healthy); what a kill leaves is at most a directory without a record,
+/// which check lists and `--repair` removes.
+#[test]
+fn kill_while_a_container_is_created_leaves_a_whole_container_or_none() {
+    let dir = scratch();
+    let root = dir.path().join("store");
+    let src = mkdir(dir.path(), "src");
+    fs::write(src.join("hello"), "hello\n").unwrap();
+    let input = dir.path().join("small.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .arg("-cf")
+        .arg(&input)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    ok({
+        let mut c = ufsd(&root);
+        c.arg("import").arg(&input).arg("small:1");
+        c
+    });
+    // Extract the layers once, so that creating the container is what the kill hits.
+    mount_image_both_ways(&root, "small:1", dir.path());
+    let containers = root.join("containers");
+    let mut landed = 0;
+    let mut leftovers_found = 0;
+    const ROUNDS: usize = 20;
+    for round in 0..ROUNDS {
+        let known: Vec<std::ffi::OsString> = fs::read_dir(&containers)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        let mnt = mkdir(dir.path(), &format!("round-{round}"));
+        let mut child = ufsd(&root)
+            .args(["mount", "small:1"])
+            .arg(&mnt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let new_dir = || {
+            fs::read_dir(&containers)
+                .unwrap()
+                .flatten()
+                .any(|e| !known.contains(&e.file_name()))
+        };
+        while !new_dir() && child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "no container directory in 30 s");
+            std::hint::spin_loop();
+        }
+        let _ = child.kill();
+        let st = child.wait().unwrap();
+        if st.signal() == Some(libc::SIGKILL) {
+            landed += 1;
+        }
+        // A kill after the fork leaves a daemon that mounts by itself: unmount it.
+        std::thread::sleep(Duration::from_millis(100));
+        if mount_type_at(&mnt).is_some() {
+            Mounted {
+                path: fs::canonicalize(&mnt).unwrap(),
+                kind: common::MountKind::Ufsd,
+            }
+            .unmount()
+            .unwrap();
+        }
+        for e in fs::read_dir(&containers).unwrap().flatten() {
+            let p = e.path();
+            if p.join("container.json").exists() {
+                assert!(
+                    p.join("upper").is_dir() && p.join("work").is_dir(),
+                    "round {round}: container {} is recorded without its upper and work \
+                     directories: {:?}",
+                    p.display(),
+                    fs::read_dir(&p)
+                        .unwrap()
+                        .flatten()
+                        .map(|e| e.file_name())
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+        let found = check_and_repair(&root);
+        println!("round {round}: {found:?}");
+        leftovers_found += found.len();
+        // Every recorded container mounts.
+        for c in ufsd::container::list(&ufsd::image::store::Store::open(&root).unwrap()).unwrap() {
+            if c.is_mounted() {
+                continue;
+            }
+            let m = mkdir(dir.path(), &format!("again-{}", fastrand::u32(..)));
+            ok({
+                let mut cmd = ufsd(&root);
+                cmd.args(["mount", "--container", c.name()]).arg(&m);
+                cmd
+            });
+            let g = Mounted {
+                path: fs::canonicalize(&m).unwrap(),
+                kind: common::MountKind::Ufsd,
+            };
+            assert_eq!(fs::read_to_string(g.path.join("hello")).unwrap(), "hello\n");
+            g.unmount().unwrap();
+        }
+    }
+    assert!(landed > 0, "no kill landed while ufsd mount ran");
+    println!(
+        "conformance: fault=kill-during-container-create faults={landed} \
+         leftovers_repaired={leftovers_found} lost=0"
+    );
+}
