@@ -816,3 +816,141 @@ fn kill_while_a_container_is_created_leaves_a_whole_container_or_none() {
          leftovers_repaired={leftovers_found} lost=0"
     );
 }
+
+/// A container's daemon killed while the container is committed: the commit finishes (it
+/// reads the upper directory itself) or fails with one line; the dead mount is refused as
+/// a mount point with a line that says how to clear it; after `ufsd umount` the container
+/// mounts again with its fsync'ed data, kernel overlayfs agrees, and committing it again
+/// gives the id the interrupted commit gave.
+#[test]
+fn killing_a_container_daemon_during_its_commit_loses_nothing() {
+    let dir = scratch();
+    let root = dir.path().join("store");
+    let src = mkdir(dir.path(), "src");
+    fs::write(src.join("base-file"), "base\n").unwrap();
+    let input = dir.path().join("base.tar");
+    assert!(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .arg("-cf")
+            .arg(&input)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success()
+    );
+    ok({
+        let mut c = ufsd(&root);
+        c.arg("import").arg(&input).arg("base:1");
+        c
+    });
+    let mnt = mkdir(dir.path(), "mnt");
+    let name = ok({
+        let mut c = ufsd(&root);
+        c.args(["mount", "base:1"]).arg(&mnt);
+        c
+    })
+    .trim()
+    .to_string();
+    let m = Mounted {
+        path: fs::canonicalize(&mnt).unwrap(),
+        kind: common::MountKind::Ufsd,
+    };
+    write_tree(&m.path.join("tree"), 500);
+    fs::remove_file(m.path.join("base-file")).unwrap();
+    let durable = random_data(600);
+    let mut f = fs::File::create(m.path.join("durable")).unwrap();
+    f.write_all(&durable).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    let pid = daemon_pid(&m.path).expect("daemon pid");
+    let mut child = ufsd(&root)
+        .args(["commit", &name, "crash:1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !temp_file_grown(&root, "blob", KILL_BYTES) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the commit ended before the kill point"
+        );
+        assert!(Instant::now() < deadline, "no kill point in 120 s");
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    assert!(wait_process_gone(pid, Duration::from_secs(10)));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the commit ended before the daemon was killed"
+    );
+    let out = within(120, "the commit after the daemon died", move || {
+        child.wait_with_output().unwrap()
+    });
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let first = out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string());
+    if first.is_none() {
+        assert!(
+            err.starts_with("ufsd: ") && err.trim().lines().count() == 1,
+            "{err}"
+        );
+    }
+    let found = check_and_repair(&root);
+
+    // The dead mount is in the way, and the refusal says what to do.
+    let again = ufsd(&root)
+        .args(["mount", "--container", &name])
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(
+        err.trim().lines().count() == 1 && err.contains("ufsd umount"),
+        "{err}"
+    );
+    m.unmount().unwrap();
+    assert_eq!(mount_type_at(&mnt), None);
+    ok({
+        let mut c = ufsd(&root);
+        c.args(["mount", "--container", &name]).arg(&mnt);
+        c
+    });
+    let m = Mounted {
+        path: fs::canonicalize(&mnt).unwrap(),
+        kind: common::MountKind::Ufsd,
+    };
+    assert_eq!(fs::read(m.path.join("durable")).unwrap(), durable);
+    assert_eq!(
+        fs::read(m.path.join("tree/f003")).unwrap(),
+        random_data(503)
+    );
+    assert!(!m.path.join("base-file").exists());
+    let ours = snapshot(&m.path);
+    let id = ok({
+        let mut c = ufsd(&root);
+        c.args(["commit", &name, "crash:2"]);
+        c
+    })
+    .trim()
+    .to_string();
+    if let Some(first) = &first {
+        assert_eq!(&id, first, "the commit that outlived the daemon");
+    }
+    drop(m);
+    container_cross_check(&root, &name, &ours, dir.path());
+    assert!(check_and_repair(&root).is_empty());
+    println!(
+        "conformance: fault=kill-container-daemon-during-commit faults=1 \
+         commit_finished={} leftovers_repaired={} lost=0",
+        first.is_some(),
+        found.len()
+    );
+}
