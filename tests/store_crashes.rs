@@ -1,8 +1,9 @@
 //! Crashes of the image store's writers: SIGKILL of `ufsd import` (while it extracts the
 //! tarball, and while it writes the layer blob), of `ufsd load` (while it unpacks the
 //! archive, and while it copies blobs into the store), of `ufsd mount IMAGE MNT` while it
-//! extracts the image's layers, of `ufsd commit` of a live mount while it writes the layer
-//! blob, and of the daemon of the mount being committed.
+//! extracts the image's layers or creates the container, of `ufsd commit` of a live mount
+//! while it writes the layer blob, of the daemon of the mount being committed, and of
+//! `ufsd rmi` while it deletes an extracted layer.
 //!
 //! Each kill is made to land mid-way: the command is killed as soon as its temp file or
 //! tree in the store's `tmp/` has grown past a threshold, and the test fails unless the
@@ -335,5 +336,63 @@ fn kill_while_a_container_is_created_leaves_a_whole_container_or_none() {
     println!(
         "conformance: fault=kill-during-container-create faults={landed} \
          leftovers_repaired={leftovers_found} lost=0"
+    );
+}
+
+/// Files in the layer that `rmi` is killed while deleting.
+const FILES_OF_RMI: usize = 5000;
+
+/// `ufsd rmi` killed while it deletes an extracted layer of 5,000 files (caught once the
+/// layer has been moved out of `layers/` into `tmp/`): the image is gone from index.json,
+/// no half-deleted tree is left in `layers/`, and check lists the rest for `--repair`.
+#[test]
+fn kill_during_rmi_leaves_no_half_deleted_layer() {
+    let dir = scratch();
+    let root = dir.path().join("store");
+    let input = dir.path().join("many.tar");
+    let mut b = tar::Builder::new(fs::File::create(&input).unwrap());
+    for d in 0..FILES_OF_RMI / 1000 {
+        for f in 0..1000 {
+            let data = format!("{d}/{f}\n");
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            b.append_data(&mut h, format!("d{d:02}/f{f:04}"), data.as_bytes())
+                .unwrap();
+        }
+    }
+    b.into_inner().unwrap().sync_all().unwrap();
+    let mut cmd = ufsd(&root);
+    cmd.arg("import").arg(&input).arg("many:1");
+    ok(cmd);
+    // Extract the layer.
+    let store = ufsd::image::store::Store::open(&root).unwrap();
+    let image = store.resolve("many:1").unwrap();
+    store
+        .ensure_image_layers(&image, |tar, dir| {
+            ufsd::image::layer::extract_layer(tar, dir, &Default::default()).map(drop)
+        })
+        .unwrap();
+    assert_eq!(layers(&root).len(), 1);
+
+    let mut cmd = ufsd(&root);
+    cmd.args(["rmi", "many:1"]);
+    let phase = "rmi killed while deleting an extracted layer";
+    kill_when(cmd, phase, || !temps(&root, "rm-layer").is_empty());
+    let v = check_json(&root, false);
+    assert_eq!(v["store"]["layers_present"], 0, "{v:#}");
+    assert!(layers(&root).is_empty(), "a layer left in layers/");
+    assert!(store.resolve("many:1").is_err(), "the image is still there");
+    let found = check_and_repair(&root);
+    assert!(
+        found.iter().any(|l| l.contains("rm-layer")),
+        "check did not list the half-deleted layer: {found:?}"
+    );
+    println!(
+        "conformance: fault=kill-during-rmi faults=1 leftovers_repaired={} lost=0",
+        found.len()
     );
 }
