@@ -79,6 +79,11 @@ fn racing_lookups_never_lose_a_directory_being_copied_up() {
         }
     }
     drop(m);
+    let lost: usize = failures.iter().map(|f| f.matches("missing").count()).sum();
+    println!(
+        "conformance: copyup-races rounds={ROUNDS} writes={} lost={lost}",
+        ROUNDS as u64 * WRITERS
+    );
     assert!(
         failures.is_empty(),
         "{} rounds failed: {failures:#?}",
