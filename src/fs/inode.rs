@@ -346,13 +346,13 @@ mod tests {
             let t = NodeTable::default();
             let mut up = state();
             up.kind = kind;
-            up.dirs = vec![(0, open()), (1, open())];
+            up.dirs = [(0, open()), (1, open())].into_iter().collect();
             t.lookup(7, up);
             // Resolved before the copy-up finished: only the lower instance.
             let mut stale = state();
             stale.kind = kind;
             stale.layer = 1;
-            stale.dirs = vec![(1, open())];
+            stale.dirs = [(1, open())].into_iter().collect();
             let node = t.lookup(7, stale);
             let st = node.state.read();
             assert_eq!(st.layer, 0, "{kind:?}");
