@@ -9,9 +9,8 @@
 //! statfs on the mount root every 200 ms and fails the test when an answer takes over 10 s (a hang). The
 //! daemon's peak RSS (VmHWM) is printed and bounded.
 //!
-//! Each workload runs `UFSD_LOAD_SECS` seconds per filesystem (default 3).
-//! `UFSD_LOAD_STRICT=1` also fails on the two known open bugs (see [`KNOWN_BUG`] and
-//! [`KNOWN_BUG_COPY_UP`]).
+//! Each workload runs `UFSD_LOAD_SECS` seconds per filesystem (default 3);
+//! `UFSD_LOAD_ONLY=NAME[,NAME...]` runs only the workloads named (e.g. `shared-copy-up`).
 //!
 //! Needs root (mounts); CI runs as root.
 
@@ -117,34 +116,13 @@ impl Watchdog {
 /// A workload: runs on the mount until the deadline, records errors, returns operations.
 type Work = fn(&Path, Instant, &Errors) -> u64;
 
-/// A known, open bug (docs/conformance.md, "Open bugs"): ufsd uses the upper layer's inode
-/// numbers as FUSE node ids with generation 0, so a file created where a removed one's
-/// inode number is reused can be served the old file's data (page cache or passthrough
-/// backing of the kernel inode that the id still names). Reported, and fatal only with
-/// `UFSD_LOAD_STRICT=1`, until the node ids get generations.
-const KNOWN_BUG: &str = "read-recreated wrong-data (known bug: recycled inode numbers)";
-
-/// A second known, open bug (docs/conformance.md, "Open bugs"): when six writers open the
-/// same lower file for writing at the same moment, one of their writes is sometimes
-/// missing afterwards (about one round in 300). Same treatment as [`KNOWN_BUG`].
-const KNOWN_BUG_COPY_UP: &str = "shared-copy-up lost-write (known bug: racing copy-ups)";
-
-fn known(class: &str) -> bool {
-    !strict() && (class == KNOWN_BUG || class == KNOWN_BUG_COPY_UP)
-}
-
-fn strict() -> bool {
-    std::env::var("UFSD_LOAD_STRICT").is_ok_and(|v| v == "1")
-}
-
 /// Runs `work(mount, deadline, errors)` on the kernel mount, then on ufsd, each under a
 /// watchdog; requires ufsd's error classes to be a subset of the kernel's, apart from the
-/// errnos in `races` and the known bugs. Returns ufsd's error classes, its operations and
-/// how many known-bug events it had.
-fn on_both(pair: &Pair, name: &str, races: &[&str], work: Work) -> (BTreeSet<String>, u64, u64) {
+/// errnos in `races`. Returns ufsd's error classes with their counts, and its operations.
+fn on_both(pair: &Pair, name: &str, races: &[&str], work: Work) -> (BTreeMap<String, u64>, u64) {
     let mut out = Vec::new();
     let mut ops = 0;
-    let mut known_events = 0;
+    let mut ufsd_errors = BTreeMap::new();
     for (fs_name, mnt) in [("kernel", &pair.kernel), ("ufsd", &pair.ufsd)] {
         let errors = Arc::new(Errors::default());
         let dog = Watchdog::start(mnt);
@@ -177,11 +155,7 @@ fn on_both(pair: &Pair, name: &str, races: &[&str], work: Work) -> (BTreeSet<Str
             ops = n;
         }
         if fs_name == "ufsd" {
-            let table = errors.0.lock().unwrap();
-            known_events = [KNOWN_BUG, KNOWN_BUG_COPY_UP]
-                .iter()
-                .filter_map(|b| table.get(*b))
-                .sum();
+            ufsd_errors = errors.0.lock().unwrap().clone();
         }
         out.push(errors.classes());
     }
@@ -192,18 +166,12 @@ fn on_both(pair: &Pair, name: &str, races: &[&str], work: Work) -> (BTreeSet<Str
     let extra: Vec<&String> = u
         .difference(&k)
         .filter(|c| !races.iter().any(|r| c.ends_with(&format!(" {r}"))))
-        .filter(|c| !known(c))
         .collect();
-    for bug in [KNOWN_BUG, KNOWN_BUG_COPY_UP] {
-        if u.contains(bug) {
-            println!("load: {name}: KNOWN BUG seen on ufsd: {bug}");
-        }
-    }
     assert!(
         extra.is_empty(),
         "{name}: ufsd had errors the kernel did not: {extra:?} (kernel: {k:?})"
     );
-    (u, ops, known_events)
+    (ufsd_errors, ops)
 }
 
 fn pattern(seed: u64, off: u64, len: usize) -> Vec<u8> {
@@ -381,8 +349,8 @@ fn untar_and_rm(m: &Path, deadline: Instant, errs: &Errors) -> u64 {
                         match fs::read(dir.join(rel)) {
                             Ok(d) if d == *data => {}
                             // Names re-created over and over get recycled inode numbers:
-                            // see KNOWN_BUG.
-                            Ok(_) => errs.note(KNOWN_BUG),
+                            // the kernel must not take a new file for the removed one.
+                            Ok(_) => errs.note("read-own wrong-data"),
                             Err(e) => errs.record("read-own", &e),
                         }
                     }
@@ -570,7 +538,7 @@ fn shared_copy_up(m: &Path, deadline: Instant, errs: &Errors) -> u64 {
             errs.note("shared-copy-up lower-modified");
         }
         if data != want {
-            errs.note(KNOWN_BUG_COPY_UP);
+            errs.note("shared-copy-up lost-write");
         }
         rounds += 7;
     }
@@ -643,21 +611,35 @@ fn parallel_load_matches_kernel_overlayfs_without_hangs() {
         ("readdir-churn", &["ENOENT"], readdir_churn),
         ("shared-copy-up", &[], shared_copy_up),
     ];
-    for (name, races, work) in workloads {
-        let (u, ops, known_events) = on_both(&pair, name, races, work);
-        lost += known_events;
-        for bad in ["wrong-data", "lost", "duplicate", "left the tree"] {
-            assert!(
-                !u.iter().any(|c| c.contains(bad) && !known(c)),
-                "{name}: ufsd: {u:?}"
-            );
+    // UFSD_LOAD_ONLY=NAME[,NAME...] runs only those workloads (to repeat one many times).
+    let only = std::env::var("UFSD_LOAD_ONLY").ok();
+    let picked = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == name))
+    };
+    let mut failures = Vec::new();
+    let mut run = 0;
+    for (name, races, work) in workloads.into_iter().filter(|(n, _, _)| picked(n)) {
+        let (u, ops) = on_both(&pair, name, races, work);
+        // Data lost or wrong: counted for the report, then fatal.
+        for (class, n) in &u {
+            let bad = ["wrong-data", "lost", "duplicate", "left the tree"];
+            if bad.iter().any(|b| class.contains(b)) {
+                lost += n;
+                failures.push(format!("{name}: {class} x{n}"));
+            }
         }
         total += ops;
+        run += 1;
     }
     let hwm = vm_hwm_kib(pid);
     println!(
-        "conformance: load workloads=5 seconds_each={} ufsd_operations={total} peak_rss_kib={hwm} lost={lost}",
+        "conformance: load workloads={run} seconds_each={} ufsd_operations={total} peak_rss_kib={hwm} lost={lost}",
         secs().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "ufsd lost or mixed up data: {failures:?}"
     );
     assert!(
         hwm < 512 * 1024,

@@ -22,7 +22,8 @@ use crate::image::transfer::import::{ImportOptions, import};
     The tarball (plain or gzip, detected) is extracted safely into scratch space (no\n\
     `..`, no writing through symlinks, links must stay inside, device nodes and set-id\n\
     bits only as root; see docs/transfer.md), then stored as one normalised gzip layer.\n\
-    Prints the new image id. The store is unchanged if anything fails.")]
+    Prints the new image id. The store is unchanged if anything fails.\n\
+    SOURCE_DATE_EPOCH clamps file times and sets the created time (a reproducible id).")]
 pub struct ImportArgs {
     /// The tarball, or - for standard input.
     file: PathBuf,

@@ -9,7 +9,8 @@
 //! └── lock             held (flock) by the daemon serving the container while it runs
 //! ```
 //!
-//! The record is written before the image's layers are extracted, so no `rmi` can delete
+//! The record is written after the upper and work directories (so a recorded container
+//! always has them) and before the image's layers are extracted, so no `rmi` can delete
 //! the image in between. "Mounted" means a daemon holds `lock`; the daemon takes it before
 //! mounting, so one upper layer is never served by two daemons.
 //!
@@ -123,8 +124,8 @@ fn new_name() -> String {
     hex::encode(bytes)
 }
 
-/// Creates a container of `image` (as the user named it): the record first, then its
-/// directories. The layers are not extracted here (see [`image_lowers`]).
+/// Creates a container of `image` (as the user named it): its directories, then the
+/// record. The layers are not extracted here (see [`image_lowers`]).
 pub fn create(
     store: &Store,
     image: &Image,
@@ -139,26 +140,24 @@ pub fn create(
         image_name: Some(image_name.to_string()),
         mountpoint: None,
     };
-    store.create_container_record(&record)?;
-    let dir = store.container_dir(&name)?;
-    let c = Container { record, dir };
-    let made = (|| {
+    // The directories are made before the record is written, so that a crash never
+    // leaves a recorded container without them.
+    store.create_container_record_with(&record, |dir| {
         // The upper's root is the merged root's upper copy; 0755 as a fresh rootfs has.
-        for (d, mode) in [(c.upper(), 0o755), (c.work(), 0o700)] {
+        for (d, mode) in [("upper", 0o755), ("work", 0o700)] {
+            let d = dir.join(d);
             fs::DirBuilder::new()
                 .mode(mode)
                 .create(&d)
-                .map_err(io_err("create", &d))?;
-            fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(mode))
-                .map_err(io_err("chmod", &d))?;
+                .and_then(|()| {
+                    fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                })
+                .map_err(ImageError::io("create", &d))?;
         }
         Ok(())
-    })();
-    if let Err(e) = made {
-        let _ = store.remove_container_record(&name);
-        return Err(e);
-    }
-    Ok(c)
+    })?;
+    let dir = store.container_dir(&name)?;
+    Ok(Container { record, dir })
 }
 
 /// The image's layer directories, top-most first (as `lowerdir=` lists them), extracting

@@ -375,11 +375,12 @@ impl NodeTable {
             && id != ROOT_ID
         {
             let mut cur = node.state.write();
-            // A file copied up keeps its lower id, so a lookup resolved before a concurrent
-            // copy-up finished finds the lower instance under the same id: that result is
-            // stale and must not send the node back down (opens for writing would then
-            // reach the lower file).
-            let stale = cur.layer == 0 && state.layer != 0 && !cur.kind.is_dir();
+            // A file or directory copied up keeps its lower id, so a lookup resolved before
+            // a concurrent copy-up finished finds the lower instance under the same id:
+            // that result is stale and must not send the node back down (opens for writing
+            // would then reach the lower file; a directory would lose its upper instance,
+            // and copy-ups into it would fail with EIO).
+            let stale = cur.layer == 0 && state.layer != 0;
             if !stale {
                 cur.kind = state.kind;
                 cur.layer = state.layer;
@@ -512,5 +513,30 @@ mod tests {
         assert!(t.get(7).is_none());
         t.forget(ROOT_ID, 10);
         assert!(t.get(ROOT_ID).is_some());
+    }
+
+    #[test]
+    fn a_stale_lookup_does_not_send_a_copied_up_node_back_down() {
+        let open = || crate::sys::open_root(std::path::Path::new("/")).unwrap();
+        for kind in [FileKind::Regular, FileKind::Directory] {
+            let t = NodeTable::default();
+            let mut up = state();
+            up.kind = kind;
+            up.dirs = [(0, open()), (1, open())].into_iter().collect();
+            t.lookup(7, up);
+            // Resolved before the copy-up finished: only the lower instance.
+            let mut stale = state();
+            stale.kind = kind;
+            stale.layer = 1;
+            stale.dirs = [(1, open())].into_iter().collect();
+            let node = t.lookup(7, stale);
+            let st = node.state.read();
+            assert_eq!(st.layer, 0, "{kind:?}");
+            assert_eq!(
+                st.dirs.first().map(|d| d.0),
+                Some(0),
+                "{kind:?}: upper lost"
+            );
+        }
     }
 }

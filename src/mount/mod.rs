@@ -92,6 +92,10 @@ pub enum MountError {
     Missing { role: &'static str, path: PathBuf },
     #[error("{role} {path}: is not a directory")]
     NotDirectory { role: &'static str, path: PathBuf },
+    #[error(
+        "{role} {path}: a FUSE mount whose daemon is gone is there (killed?); unmount it first: ufsd umount {path}"
+    )]
+    DeadMount { role: &'static str, path: PathBuf },
     #[error("{role} {path}: {source}")]
     Unreadable {
         role: &'static str,
@@ -142,6 +146,10 @@ pub enum MountError {
 fn check_dir(role: &'static str, path: &Path) -> Result<PathBuf, MountError> {
     match fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(MountError::Missing {
+            role,
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(MountError::DeadMount {
             role,
             path: path.to_path_buf(),
         }),

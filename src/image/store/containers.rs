@@ -61,6 +61,19 @@ impl Store {
     /// delete the image between the check and the record. Refuses an existing name and an
     /// image id that is not in the store. Returns the record's path.
     pub fn create_container_record(&self, record: &ContainerRecord) -> ImageResult<PathBuf> {
+        self.create_container_record_with(record, |_| Ok(()))
+    }
+
+    /// [`create_container_record`](Self::create_container_record), calling `prepare` with
+    /// the container's new, empty directory before the record is written: what `prepare`
+    /// makes there (the upper and work directories) exists whenever the record does. A
+    /// crash before the record leaves a directory without one, which `ufsd check` lists
+    /// and `--repair` removes; a failed `prepare` removes the directory.
+    pub fn create_container_record_with(
+        &self,
+        record: &ContainerRecord,
+        prepare: impl FnOnce(&std::path::Path) -> ImageResult<()>,
+    ) -> ImageResult<PathBuf> {
         let dir = self.container_dir(&record.name)?;
         let _lock = self.lock(LockKind::Exclusive)?;
         let index = self.load_index()?;
@@ -79,8 +92,17 @@ impl Store {
                 path.display()
             )));
         }
+        // Without a record, under the lock, the directory is what an interrupted create
+        // or remove left: start afresh.
+        super::remove::remove_tree(&dir)?;
         mkdir(&dir, 0o700)?;
-        self.write_atomic(&path, &canonical_json(record)?)?;
+        let written = prepare(&dir)
+            .and_then(|()| canonical_json(record))
+            .and_then(|json| self.write_atomic(&path, &json));
+        if let Err(e) = written {
+            let _ = super::remove::remove_tree(&dir);
+            return Err(e);
+        }
         Ok(path)
     }
 

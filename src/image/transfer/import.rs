@@ -59,9 +59,11 @@ pub struct ImportReport {
     pub layer: LayerStats,
 }
 
-/// The config of an imported image: this platform, created now, one history entry.
+/// The config of an imported image: this platform, created now (or at
+/// `SOURCE_DATE_EPOCH`, so that importing the same tarball gives the same id), one history
+/// entry.
 fn new_config(opts: &ImportOptions) -> ImageResult<ImageConfiguration> {
-    let now = rfc3339::format(rfc3339::now());
+    let now = rfc3339::format(opts.layer.source_date_epoch.unwrap_or_else(rfc3339::now));
     let mut history = HistoryBuilder::default()
         .created(now.clone())
         .created_by("ufsd import".to_string());
