@@ -397,9 +397,7 @@ impl UnionFs {
             }
         }
     }
-}
 
-impl UnionFs {
     /// Makes `name` in `dir` an overlay whiteout (a 0/0 character device): a hard link of
     /// the shared one in the work directory, made on first use and again when it has as
     /// many links as the filesystem allows; a plain `mknod` where links fail otherwise.

@@ -13,7 +13,7 @@
 //! - a directory node holds one open fd per merged layer directory, top-down; other nodes
 //!   hold only the layer index of the entry, found again by name in the parent's fd.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
@@ -78,21 +78,9 @@ impl std::ops::Deref for Name {
     }
 }
 
-impl AsRef<OsStr> for Name {
-    fn as_ref(&self) -> &OsStr {
-        self
-    }
-}
-
 impl From<&OsStr> for Name {
     fn from(name: &OsStr) -> Name {
         Name::new(name)
-    }
-}
-
-impl From<OsString> for Name {
-    fn from(name: OsString) -> Name {
-        Name::new(&name)
     }
 }
 
@@ -105,12 +93,6 @@ impl From<&str> for Name {
 impl PartialEq for Name {
     fn eq(&self, other: &Name) -> bool {
         **self == **other
-    }
-}
-
-impl PartialEq<str> for Name {
-    fn eq(&self, other: &str) -> bool {
-        **self == *other
     }
 }
 
