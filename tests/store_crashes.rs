@@ -40,14 +40,10 @@ fn kill_during_import_records_nothing_and_the_rerun_gives_the_same_id() {
     let reference = dir.path().join("reference");
     let mut cmd = ufsd(&reference);
     cmd.arg("import").arg(&input).arg("crash:1");
-    let want = ok(cmd).trim().to_string();
+    let want = ok(&mut cmd).trim().to_string();
 
     let root = dir.path().join("store");
-    ok({
-        let mut c = ufsd(&root);
-        c.arg("images");
-        c
-    });
+    ok(ufsd(&root).arg("images"));
     let (index_before, layers_before) = (index(&root), layers(&root));
     let mut found = 0;
     // While the tarball is extracted into scratch space, then while the blob is written.
@@ -69,7 +65,7 @@ fn kill_during_import_records_nothing_and_the_rerun_gives_the_same_id() {
     }
     let mut cmd = ufsd(&root);
     cmd.arg("import").arg(&input).arg("crash:1");
-    let got = ok(cmd).trim().to_string();
+    let got = ok(&mut cmd).trim().to_string();
     assert_eq!(got, want, "the import after the crashes gave another id");
     assert!(check_and_repair(&root).is_empty());
     mount_image_both_ways(&root, "crash:1", dir.path());
@@ -82,25 +78,13 @@ fn kill_during_load_records_nothing_and_the_rerun_keeps_the_ids() {
     let source = dir.path().join("source");
     let input = dir.path().join("input.tar");
     write_tar(&input, 100);
-    ok({
-        let mut c = ufsd(&source);
-        c.arg("import").arg(&input).arg("crash:1");
-        c
-    });
+    ok(ufsd(&source).arg("import").arg(&input).arg("crash:1"));
     let want = image_id(&source, "crash:1");
     let saved = dir.path().join("saved.tar");
-    ok({
-        let mut c = ufsd(&source);
-        c.args(["save", "crash:1", "-o"]).arg(&saved);
-        c
-    });
+    ok(ufsd(&source).args(["save", "crash:1", "-o"]).arg(&saved));
 
     let root = dir.path().join("store");
-    ok({
-        let mut c = ufsd(&root);
-        c.arg("images");
-        c
-    });
+    ok(ufsd(&root).arg("images"));
     let (index_before, layers_before) = (index(&root), layers(&root));
     let mut found = 0;
     for (phase, landed) in [
@@ -125,11 +109,7 @@ fn kill_during_load_records_nothing_and_the_rerun_keeps_the_ids() {
         kill_when(cmd, phase, || landed(&root));
         found += after_kill(&root, &index_before, &layers_before, phase);
     }
-    let out = ok({
-        let mut c = ufsd(&root);
-        c.arg("load").arg(&saved);
-        c
-    });
+    let out = ok(ufsd(&root).arg("load").arg(&saved));
     assert!(out.contains("crash:1"), "{out}");
     assert_eq!(image_id(&root, "crash:1"), want);
     assert!(check_and_repair(&root).is_empty());
@@ -203,11 +183,7 @@ fn kill_during_layer_extraction_of_a_container_mount_leaves_no_half_layer() {
     let containers = ufsd::container::list(&store).unwrap();
     assert_eq!(containers.len(), 1, "{containers:?}");
     let name = containers[0].name().to_string();
-    ok({
-        let mut c = ufsd(&root);
-        c.args(["mount", "--container", &name]).arg(&mnt);
-        c
-    });
+    ok(ufsd(&root).args(["mount", "--container", &name]).arg(&mnt));
     let m = Mounted {
         path: fs::canonicalize(&mnt).unwrap(),
         kind: common::MountKind::Ufsd,
@@ -319,11 +295,7 @@ fn kill_while_a_container_is_created_leaves_a_whole_container_or_none() {
                 continue;
             }
             let m = mkdir(dir.path(), &format!("again-{}", fastrand::u32(..)));
-            ok({
-                let mut cmd = ufsd(&root);
-                cmd.args(["mount", "--container", c.name()]).arg(&m);
-                cmd
-            });
+            ok(ufsd(&root).args(["mount", "--container", c.name()]).arg(&m));
             let g = Mounted {
                 path: fs::canonicalize(&m).unwrap(),
                 kind: common::MountKind::Ufsd,
@@ -367,7 +339,7 @@ fn kill_during_rmi_leaves_no_half_deleted_layer() {
     b.into_inner().unwrap().sync_all().unwrap();
     let mut cmd = ufsd(&root);
     cmd.arg("import").arg(&input).arg("many:1");
-    ok(cmd);
+    ok(&mut cmd);
     // Extract the layer.
     let store = ufsd::image::store::Store::open(&root).unwrap();
     let image = store.resolve("many:1").unwrap();

@@ -56,7 +56,7 @@ impl LiveMount {
             .arg("--lower")
             .arg(&self.stack.lower)
             .arg("ref:1");
-        ok(cmd).trim().to_string()
+        ok(&mut cmd).trim().to_string()
     }
 
     /// Unmounts (the mount may be dead), remounts with ufsd and requires the fsync'ed file
@@ -134,11 +134,7 @@ fn kill_during_commit_of_a_live_mount_records_nothing_and_the_mount_resumes() {
     let mut live = live_mount();
     let dir = scratch();
     let root = dir.path().join("store");
-    ok({
-        let mut c = ufsd(&root);
-        c.arg("images");
-        c
-    });
+    ok(ufsd(&root).arg("images"));
     let (index_before, layers_before) = (index(&root), layers(&root));
     let mnt = live.mnt();
     let mut cmd = ufsd(&root);
@@ -160,7 +156,7 @@ fn kill_during_commit_of_a_live_mount_records_nothing_and_the_mount_resumes() {
 
     let mut cmd = ufsd(&root);
     cmd.arg("commit").arg(live.mnt()).arg("crash:1");
-    let got = ok(cmd).trim().to_string();
+    let got = ok(&mut cmd).trim().to_string();
     assert_eq!(got, live.reference_id(dir.path()));
     assert!(check_and_repair(&root).is_empty());
     println!("conformance: fault=kill-during-commit faults=1 leftovers_repaired={found} lost=0");
@@ -193,7 +189,7 @@ fn killing_the_daemon_of_a_mount_being_committed_loses_nothing() {
     live.remount_and_cross_check();
     let mut cmd = ufsd(&root);
     cmd.arg("commit").arg(live.mnt()).arg("crash:2");
-    assert_eq!(ok(cmd).trim(), want);
+    assert_eq!(ok(&mut cmd).trim(), want);
     assert!(check_and_repair(&root).is_empty());
     println!(
         "conformance: fault=kill-daemon-during-commit faults=1 commit_finished={committed} \
@@ -213,13 +209,9 @@ fn killing_a_container_daemon_during_its_commit_loses_nothing() {
     let root = dir.path().join("store");
     import_one_file(&root, dir.path(), "base-file", "base:1");
     let mnt = mkdir(dir.path(), "mnt");
-    let name = ok({
-        let mut c = ufsd(&root);
-        c.args(["mount", "base:1"]).arg(&mnt);
-        c
-    })
-    .trim()
-    .to_string();
+    let name = ok(ufsd(&root).args(["mount", "base:1"]).arg(&mnt))
+        .trim()
+        .to_string();
     let m = Mounted {
         path: fs::canonicalize(&mnt).unwrap(),
         kind: common::MountKind::Ufsd,
@@ -249,11 +241,7 @@ fn killing_a_container_daemon_during_its_commit_loses_nothing() {
     );
     m.unmount().unwrap();
     assert_eq!(mount_type_at(&mnt), None);
-    ok({
-        let mut c = ufsd(&root);
-        c.args(["mount", "--container", &name]).arg(&mnt);
-        c
-    });
+    ok(ufsd(&root).args(["mount", "--container", &name]).arg(&mnt));
     let m = Mounted {
         path: fs::canonicalize(&mnt).unwrap(),
         kind: common::MountKind::Ufsd,
@@ -265,13 +253,9 @@ fn killing_a_container_daemon_during_its_commit_loses_nothing() {
     );
     assert!(!m.path.join("base-file").exists());
     let ours = snapshot(&m.path);
-    let id = ok({
-        let mut c = ufsd(&root);
-        c.args(["commit", &name, "crash:2"]);
-        c
-    })
-    .trim()
-    .to_string();
+    let id = ok(ufsd(&root).args(["commit", &name, "crash:2"]))
+        .trim()
+        .to_string();
     if let Some(first) = &first {
         assert_eq!(&id, first, "the commit that outlived the daemon");
     }

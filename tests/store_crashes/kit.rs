@@ -31,7 +31,7 @@ pub fn ufsd(root: &Path) -> Command {
     c
 }
 
-pub fn ok(mut cmd: Command) -> String {
+pub fn ok(cmd: &mut Command) -> String {
     let out: Output = cmd.output().expect("running ufsd");
     assert!(
         out.status.success(),
@@ -261,7 +261,7 @@ pub fn mount_image_both_ways(root: &Path, image: &str, dir: &Path) -> String {
     let mnt = mkdir(dir, &format!("c-{}", fastrand::u32(..)));
     let mut cmd = ufsd(root);
     cmd.args(["mount", image]).arg(&mnt);
-    let name = ok(cmd).trim().to_string();
+    let name = ok(&mut cmd).trim().to_string();
     let m = Mounted {
         path: fs::canonicalize(&mnt).unwrap(),
         kind: common::MountKind::Ufsd,
@@ -320,5 +320,5 @@ pub fn import_one_file(root: &Path, dir: &Path, name: &str, tag: &str) {
     assert!(st.success());
     let mut cmd = ufsd(root);
     cmd.arg("import").arg(&input).arg(tag);
-    ok(cmd);
+    ok(&mut cmd);
 }
