@@ -1,4 +1,4 @@
-//! Open file and directory handles, keyed by the `fh` the kernel passes back.
+//! Open file handles, keyed by the `fh` the kernel passes back.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -6,19 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use parking_lot::Mutex;
 
-use super::DirItem;
 use super::inode::Node;
-
-/// An open directory: the node and its merged listing, built on the first `readdir` at
-/// offset 0 and kept until the next one, so offsets stay valid across calls (and
-/// `seekdir`/`telldir` work) however large the directory.
-#[derive(Debug)]
-pub struct DirHandle {
-    pub node: Arc<Node>,
-    pub listing: Mutex<Option<Arc<Vec<DirItem>>>>,
-}
 
 /// An open regular file.
 #[derive(Debug)]
@@ -37,7 +26,6 @@ pub struct OpenFile {
 pub struct HandleTable {
     next: AtomicU64,
     files: DashMap<u64, OpenFile>,
-    dirs: DashMap<u64, Arc<DirHandle>>,
 }
 
 impl HandleTable {
@@ -111,25 +99,5 @@ impl HandleTable {
 
     pub fn remove_file(&self, fh: u64) {
         self.files.remove(&fh);
-    }
-
-    pub fn add_dir(&self, node: Arc<Node>) -> u64 {
-        let fh = self.next_fh();
-        self.dirs.insert(
-            fh,
-            Arc::new(DirHandle {
-                node,
-                listing: Mutex::new(None),
-            }),
-        );
-        fh
-    }
-
-    pub fn dir(&self, fh: u64) -> Option<Arc<DirHandle>> {
-        self.dirs.get(&fh).map(|d| d.clone())
-    }
-
-    pub fn remove_dir(&self, fh: u64) {
-        self.dirs.remove(&fh);
     }
 }

@@ -83,6 +83,9 @@ pub struct UnionFs {
     tree_gen: AtomicU32,
     /// Merged listings of recently listed directories, for lookups right after a readdir.
     indexes: index::IndexCache,
+    /// The listing each directory being read is read from, by node id, until a reader
+    /// reaches its end (see [`UnionFs::readdir`]).
+    listings: DashMap<u64, Arc<Vec<DirItem>>>,
     /// Where copy-up and whiteout events go when someone listens.
     tracer: Arc<trace::Tracer>,
     /// The name in the work directory of the whiteout that new whiteouts are hard links
@@ -145,6 +148,7 @@ impl UnionFs {
             stack,
             nodes,
             handles: HandleTable::default(),
+            listings: DashMap::new(),
             work,
             whiteout,
             temp_counter: AtomicU64::new(0),
@@ -594,28 +598,34 @@ impl UnionFs {
         self.handles.remove_file(fh);
     }
 
-    pub fn opendir(&self, id: u64) -> SysResult<u64> {
+    /// The merged listing of directory `id`, `.` and `..` first, then in offset order.
+    /// Offset 0 (a fresh read or a rewind) reads the layers again; a later offset goes on
+    /// in the listing the last fresh read of that directory made, whoever made it. There
+    /// are no directory handles: the kernel is told that opening a directory needs no
+    /// request (docs/design.md, "Caching"), and offsets name entries ([`dir_offset`]), so
+    /// any listing of the directory resumes at the right place.
+    pub fn readdir(&self, id: u64, offset: u64) -> SysResult<Arc<Vec<DirItem>>> {
         let node = self.node(id)?;
         if !node.state.read().kind.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        Ok(self.handles.add_dir(node))
-    }
-
-    /// The merged listing of an open directory, `.` and `..` first; entry `i` has offset
-    /// `i + 1`. Offset 0 (a fresh read or a rewind) reads the layers again.
-    pub fn readdir(&self, fh: u64, offset: u64) -> SysResult<Arc<Vec<DirItem>>> {
-        let dir = self.handles.dir(fh).ok_or(Errno::EBADF)?;
-        self.fresh(&dir.node)?;
-        let mut cached = dir.listing.lock();
-        if offset == 0 || cached.is_none() {
-            *cached = Some(Arc::new(self.list_merged(&dir.node)?));
+        self.fresh(&node)?;
+        if offset != 0
+            && let Some(cached) = self.listings.get(&id).map(|l| l.clone())
+        {
+            if cached.last().is_none_or(|d| d.off <= offset) {
+                // Past the end: the reader is done with it.
+                self.listings.remove(&id);
+            }
+            return Ok(cached);
         }
-        cached.clone().ok_or(Errno::EIO)
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.handles.remove_dir(fh);
+        let listing = Arc::new(self.list_merged(&node)?);
+        if self.listings.len() >= MAX_LISTINGS {
+            // Readers that stopped half-way: dropping theirs only makes them list again.
+            self.listings.clear();
+        }
+        self.listings.insert(id, listing.clone());
+        Ok(listing)
     }
 
     /// The merged listing of a directory made of `dirs` (its layer directories, top-down).
@@ -730,6 +740,9 @@ const INDEX_MIN_LAYERS: usize = 8;
 /// Other merged directories get one after this many lookups (a walk that stats every
 /// name, say): one listing per layer instead of a probe per layer for every name.
 const INDEX_AFTER_LOOKUPS: u32 = 4;
+
+/// Listings kept for directories being read; more means readers that stopped half-way.
+const MAX_LISTINGS: usize = 256;
 
 /// Which layer shows each name of a merged listing, and as what.
 fn index_of(merged: &[MergedEntry]) -> DirIndex {

@@ -681,26 +681,25 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Every change to a directory goes through this daemon, and the kernel drops its
-        // cached listing of a directory on each change it sends us (create, unlink,
-        // rename, ...), so listings may stay cached across opens.
-        let cache = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
-        match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), cache),
-            Err(e) => reply.error(errno(e)),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS: the kernel stops sending OPENDIR and RELEASEDIR for this mount (two
+        // round trips per directory read saved) and treats every directory open as if it
+        // had answered FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE. That caching is right here:
+        // every change to a directory goes through this daemon, and the kernel drops its
+        // cached listing of a directory on each change it sends us. Listings need no
+        // handle either (see `UnionFs::readdir`).
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let items = match self.fs.readdir(fh.0, offset) {
+        let items = match self.fs.readdir(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(errno(e)),
         };
@@ -719,11 +718,11 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let items = match self.fs.readdir(fh.0, offset) {
+        let items = match self.fs.readdir(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(errno(e)),
         };
@@ -771,18 +770,6 @@ impl Filesystem for FuseAdapter {
                 break;
             }
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.fs.releasedir(fh.0);
         reply.ok();
     }
 
