@@ -1,9 +1,11 @@
 //! Extracted layers: `layers/<diff_id hex>/` is the root of one layer's tree, extracted
 //! once from its blob and shared by every image that has that diff_id.
 //!
-//! A layer is extracted into a fresh directory under `tmp/`, synced with `syncfs`, and
-//! renamed into `layers/` with `RENAME_NOREPLACE`; if another command published the same
-//! layer first, ours is thrown away. So `layers/<hex>` exists only when complete. Nothing
+//! A layer is extracted into a fresh directory under `tmp/` and renamed into `layers/` with
+//! `RENAME_NOREPLACE`; if another command published the same layer first, ours is thrown
+//! away. So `layers/<hex>` exists only when complete. It is not synced first: a marker
+//! naming the boot, `unsynced/<hex>`, goes to disk before the rename, and a layer whose
+//! marker names an earlier boot is extracted again ([`Store::layer_usable`]). Nothing
 //! writes there afterwards: mounts use it only as a read-only lower. The modes inside,
 //! the top directory's included, are the layer's own (they are what the merged view
 //! shows), so read-only is not enforced with chmod; `layers/` itself is 0700.
@@ -22,6 +24,21 @@ use super::remove::remove_tree;
 use super::{Image, Layer, Store, Verify, sha256_hex, sync_dir};
 use crate::image::{ImageError, ImageResult};
 use crate::sys::{self, Errno};
+
+/// The directory of the markers of layers published before they were synced.
+pub(super) const UNSYNCED: &str = "unsynced";
+
+/// How old a marker must be before [`Store::settle_unsynced`] syncs and drops it: the
+/// kernel writes dirty data out after 30 s by default.
+const SETTLE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// This boot's id: a marker naming another boot was written before a restart.
+fn boot_id() -> ImageResult<String> {
+    const PATH: &str = "/proc/sys/kernel/random/boot_id";
+    std::fs::read_to_string(PATH)
+        .map(|s| s.trim().to_string())
+        .map_err(ImageError::io("read", Path::new(PATH)))
+}
 
 /// Media types of gzip-compressed layers (OCI and docker).
 const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
@@ -147,13 +164,18 @@ impl Store {
     /// `extract` fills an empty directory (mode 0755; set the layer root's own mode there
     /// if the tar has one), which is then published atomically. Concurrent callers may
     /// both extract; one result wins and the other is discarded.
+    ///
+    /// The layer is published before its files reach the disk, with a marker naming this
+    /// boot (see [`Store::layer_usable`]): waiting for `syncfs` would make every first
+    /// mount pay for a sync that `tar -x` does not do, while the kernel writes the files
+    /// out within half a minute anyway.
     pub fn ensure_layer_extracted(
         &self,
         diff_id: &Digest,
         extract: impl FnOnce(&Path) -> ImageResult<()>,
     ) -> ImageResult<PathBuf> {
         let dest = self.layer_dir(diff_id)?;
-        if dest.is_dir() {
+        if self.layer_usable(diff_id)? {
             return Ok(dest);
         }
         let _pin = self.pin()?;
@@ -166,7 +188,8 @@ impl Store {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
             .map_err(ImageError::io("chmod", &tmp))?;
         let published = extract(&tmp).and_then(|()| {
-            sys::lock::syncfs(&tmp).map_err(ImageError::io("sync", &tmp))?;
+            // The marker is on disk before the rename can be.
+            self.write_atomic(&self.unsynced_marker(diff_id)?, boot_id()?.as_bytes())?;
             self.publish_layer(&tmp, &dest)
         });
         match published {
@@ -183,6 +206,94 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Where the marker of a layer published but maybe not yet on disk is.
+    fn unsynced_marker(&self, diff_id: &Digest) -> ImageResult<PathBuf> {
+        Ok(self.root.join(UNSYNCED).join(sha256_hex(diff_id)?))
+    }
+
+    /// Whether `layers/<diff_id>` holds the whole layer. A layer is extracted without
+    /// waiting for the disk and published with a marker, `unsynced/<hex>`, that names the
+    /// boot it was extracted in (written and synced before the layer's rename). While the
+    /// machine runs, the layer is whole whether or not its files reached the disk. A
+    /// marker from another boot means the machine went down before they were known to be
+    /// on disk, and a crash may have lost some: the layer is moved out of `layers/` (and
+    /// removed) so that it is extracted again. [`Store::settle_unsynced`] syncs and drops
+    /// the markers once the kernel has had time to write the files out.
+    pub fn layer_usable(&self, diff_id: &Digest) -> ImageResult<bool> {
+        let dest = self.layer_dir(diff_id)?;
+        if !dest.is_dir() {
+            return Ok(false);
+        }
+        let marker = self.unsynced_marker(diff_id)?;
+        let extracted_in = match std::fs::read_to_string(&marker) {
+            Ok(boot) => boot,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+            Err(e) => return Err(ImageError::io("read", &marker)(e)),
+        };
+        if extracted_in.trim() == boot_id()? {
+            return Ok(true);
+        }
+        log::warn!(
+            "layer {diff_id} was extracted before the last restart and never synced; extracting it again"
+        );
+        let doomed = self.temp_path("rm-layer");
+        match std::fs::rename(&dest, &doomed) {
+            Ok(()) => {}
+            // Another command got there first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(ImageError::io("move away", &dest)(e)),
+        }
+        sync_dir(&self.root.join("layers"))?;
+        match std::fs::remove_file(&marker) {
+            Ok(()) => sync_dir(&self.root.join(UNSYNCED))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ImageError::io("remove", &marker)(e)),
+        }
+        remove_tree(&doomed)?;
+        Ok(false)
+    }
+
+    /// Syncs the store's filesystem and drops the markers of layers extracted in this
+    /// boot more than [`SETTLE_AFTER`] ago (by then the kernel has written most of their
+    /// files, so the sync is short), and the markers of layers no longer there. Run when a
+    /// store is opened; failing leaves the markers for next time.
+    pub(super) fn settle_unsynced(&self) -> ImageResult<()> {
+        let dir = self.root.join(UNSYNCED);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let boot = boot_id()?;
+        let mut settled = Vec::new();
+        for e in entries {
+            let e = e.map_err(ImageError::io("read", &dir))?;
+            let path = e.path();
+            if !self.root.join("layers").join(e.file_name()).exists() {
+                settled.push(path);
+                continue;
+            }
+            let old_enough = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= SETTLE_AFTER));
+            let this_boot = std::fs::read_to_string(&path).is_ok_and(|b| b.trim() == boot);
+            if old_enough && this_boot {
+                settled.push(path);
+            }
+        }
+        if settled.is_empty() {
+            return Ok(());
+        }
+        sys::lock::syncfs(&self.root).map_err(ImageError::io("sync", &self.root))?;
+        for path in &settled {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ImageError::io("remove", path)(e)),
+            }
+        }
+        sync_dir(&dir)
     }
 
     /// Renames `tmp` to `dest` unless `dest` exists; `false` if it did.

@@ -12,6 +12,8 @@
 //! ├── layers/<diff_id hex>/        an extracted layer (the root of its tree), published by
 //! │                                an atomic rename once complete; shared by every image
 //! │                                with that diff_id; never written after that
+//! ├── unsynced/<diff_id hex>        the boot id a layer was extracted in, until it is synced;
+//! │                                naming an earlier boot, the layer is extracted again
 //! ├── containers/<name>/container.json
 //! │                                {"name":..,"image":"sha256:<config>",..}: pins an image
 //! ├── tmp/                         temporary files and trees, same filesystem as the rest
@@ -22,9 +24,10 @@
 //!
 //! Invariants:
 //! - Every file that must survive a crash is written to `tmp/`, fsynced, renamed into
-//!   place and its directory fsynced; an extracted layer is synced with `syncfs` before its
-//!   rename. So index.json always names blobs that were complete before it was written, and
-//!   a `layers/<hex>` directory is always a whole layer.
+//!   place and its directory fsynced. An extracted layer is renamed into place without a
+//!   sync, after a marker naming this boot is on disk; a layer whose marker names another
+//!   boot is not used. So index.json always names blobs that were complete before it was
+//!   written, and a `layers/<hex>` directory in use is always a whole layer.
 //! - index.json only grows references to blobs that exist; removal first rewrites
 //!   index.json, then deletes what nothing references any more.
 //! - Lock order: `ingest.lock` (shared) before `lock`. Nobody blocks on `ingest.lock`
@@ -127,11 +130,19 @@ impl Store {
         }
         store.check_layout_version()?;
         // Stores made by another tool (or an older ufsd) may lack ufsd's own directories.
-        for (dir, mode) in [("layers", 0o700), ("containers", 0o700), ("tmp", 0o700)] {
+        for (dir, mode) in [
+            ("layers", 0o700),
+            ("containers", 0o700),
+            ("tmp", 0o700),
+            (layers::UNSYNCED, 0o700),
+        ] {
             let p = store.root.join(dir);
             if !p.is_dir() {
                 mkdir(&p, mode)?;
             }
+        }
+        if let Err(e) = store.settle_unsynced() {
+            log::warn!("could not sync recently extracted layers: {e}");
         }
         Ok(store)
     }
@@ -153,6 +164,7 @@ impl Store {
             "layers",
             "containers",
             "index.json",
+            layers::UNSYNCED,
         ];
         if self.root.join("oci-layout").is_file() {
             return Ok(());
@@ -179,6 +191,7 @@ impl Store {
         mkdir(&self.root.join("blobs/sha256"), 0o755)?;
         mkdir(&self.root.join("layers"), 0o700)?;
         mkdir(&self.root.join("containers"), 0o700)?;
+        mkdir(&self.root.join(layers::UNSYNCED), 0o700)?;
         if !self.root.join("index.json").is_file() {
             let empty = oci_spec::image::ImageIndex::default();
             self.write_atomic(&self.root.join("index.json"), &canonical_json(&empty)?)?;

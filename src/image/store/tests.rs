@@ -339,6 +339,77 @@ fn untar(tar: &mut dyn Read, dir: &Path) -> ImageResult<()> {
         .map_err(|e| crate::image::store::blob::unwrap_io("unpack", dir, e))
 }
 
+/// The marker of a layer published before it was synced, as `ensure_layer_extracted`
+/// leaves it.
+fn unsynced_marker(d: &Path, diff_id: &oci_spec::image::Digest) -> std::path::PathBuf {
+    d.join("unsynced").join(diff_id.digest())
+}
+
+#[test]
+fn a_layer_extracted_before_a_restart_and_never_synced_is_extracted_again() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path()).unwrap();
+    let l = layer(&store, &[("etc/hostname", b"box\n"), ("etc/motd", b"hi\n")]);
+    add(&store, vec![l.clone()], "base");
+    let img = store.resolve("base").unwrap();
+    let dirs = store.ensure_image_layers(&img, untar).unwrap();
+    let marker = unsynced_marker(d.path(), &l.1);
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(fs::read_to_string(&marker).unwrap().trim(), boot.trim());
+
+    // The machine went down before the files reached the disk: one of them is lost, and
+    // the marker names the boot before.
+    fs::remove_file(dirs[0].join("etc/motd")).unwrap();
+    fs::write(&marker, b"00000000-0000-0000-0000-000000000000\n").unwrap();
+    let mut extracted = 0;
+    let again = store
+        .ensure_image_layers(&img, |tar, dir| {
+            extracted += 1;
+            untar(tar, dir)
+        })
+        .unwrap();
+    assert_eq!(extracted, 1, "the layer was not extracted again");
+    assert_eq!(fs::read(again[0].join("etc/motd")).unwrap(), b"hi\n");
+    assert_eq!(fs::read_to_string(&marker).unwrap().trim(), boot.trim());
+    // Nothing left behind in tmp/.
+    assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn markers_are_dropped_once_the_kernel_had_time_to_write_the_layer_out() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path()).unwrap();
+    let (old, new) = (layer(&store, &[("a", b"1")]), layer(&store, &[("b", b"2")]));
+    add(&store, vec![old.clone()], "old");
+    add(&store, vec![new.clone()], "new");
+    for name in ["old", "new"] {
+        let img = store.resolve(name).unwrap();
+        store.ensure_image_layers(&img, untar).unwrap();
+    }
+    let minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    fs::File::options()
+        .write(true)
+        .open(unsynced_marker(d.path(), &old.1))
+        .unwrap()
+        .set_modified(minute_ago)
+        .unwrap();
+    // A marker whose layer is gone goes too.
+    fs::write(d.path().join("unsynced").join("ab".repeat(32)), b"x").unwrap();
+
+    let reopened = Store::open(d.path()).unwrap();
+    assert!(!unsynced_marker(d.path(), &old.1).exists());
+    assert!(!d.path().join("unsynced").join("ab".repeat(32)).exists());
+    assert!(
+        unsynced_marker(d.path(), &new.1).exists(),
+        "a marker younger than the kernel's writeback delay was dropped"
+    );
+    // The settled layer is used as it is.
+    let img = reopened.resolve("old").unwrap();
+    reopened
+        .ensure_image_layers(&img, |_, _| panic!("extracted again"))
+        .unwrap();
+}
+
 #[test]
 fn layers_are_extracted_once_verified_and_collected() {
     let d = tempfile::tempdir().unwrap();

@@ -41,9 +41,8 @@ pub fn image_lowers(
     let opts = ExtractOptions::default();
     let mut dirs = Vec::with_capacity(image.layers.len());
     for (i, layer) in image.layers.iter().enumerate() {
-        let extracted = store.layer_dir(&layer.diff_id)?;
-        if extracted.is_dir() {
-            dirs.push(extracted);
+        if store.layer_usable(&layer.diff_id)? {
+            dirs.push(store.layer_dir(&layer.diff_id)?);
             continue;
         }
         // Counted in uncompressed bytes, whose total the manifest does not give.
