@@ -193,10 +193,9 @@ impl Store {
             self.publish_layer(&tmp, &dest)
         });
         match published {
-            Ok(true) => {
-                sync_dir(&self.root.join("layers"))?;
-                Ok(dest)
-            }
+            // The rename is not synced either: lost in a crash, the layer is extracted
+            // again; kept, its marker (on disk before it) sends it to be extracted again.
+            Ok(true) => Ok(dest),
             Ok(false) => {
                 remove_tree(&tmp)?;
                 Ok(dest)
