@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use super::Store;
 use super::remove::remove_tree;
-use super::{Store, sync_dir};
 use crate::image::{ImageError, ImageResult, child_rel};
 use crate::sys::lock::LockKind;
 use crate::sys::{self, Stat};
@@ -115,12 +115,7 @@ impl Store {
                     continue;
                 };
                 let dir = self.layer_dir(&digest)?;
-                if dir.is_dir() {
-                    // Out of layers/ first, so a half-removed tree is never taken for a layer.
-                    let doomed = self.temp_path("rm-layer");
-                    fs::rename(&dir, &doomed).map_err(ImageError::io("move away", &dir))?;
-                    sync_dir(&self.root.join("layers"))?;
-                    remove_tree(&doomed)?;
+                if dir.is_dir() && self.discard_layer(&dir)? {
                     report.damaged_layers_removed += 1;
                 }
             }

@@ -237,21 +237,25 @@ impl Store {
         log::warn!(
             "layer {diff_id} was extracted before the last restart and never synced; extracting it again"
         );
+        // Its marker stays: the new extraction rewrites it before publishing, and
+        // `settle_unsynced` drops the marker of a layer that is not there.
+        self.discard_layer(&dest)?;
+        Ok(false)
+    }
+
+    /// Removes the extracted layer at `dir` (moved out of `layers/` first, so a
+    /// half-removed tree is never taken for a layer); `false` if it was not there (another
+    /// command got there first).
+    pub(super) fn discard_layer(&self, dir: &Path) -> ImageResult<bool> {
         let doomed = self.temp_path("rm-layer");
-        match std::fs::rename(&dest, &doomed) {
+        match std::fs::rename(dir, &doomed) {
             Ok(()) => {}
-            // Another command got there first.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(ImageError::io("move away", &dest)(e)),
+            Err(e) => return Err(ImageError::io("move away", dir)(e)),
         }
         sync_dir(&self.root.join("layers"))?;
-        match std::fs::remove_file(&marker) {
-            Ok(()) => sync_dir(&self.root.join(UNSYNCED))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ImageError::io("remove", &marker)(e)),
-        }
         remove_tree(&doomed)?;
-        Ok(false)
+        Ok(true)
     }
 
     /// Syncs the store's filesystem and drops the markers of layers extracted in this
