@@ -275,6 +275,17 @@ fn ps_and_rm() {
     refused(&ufsd(&root, &["rm", &name]), &["no such container"]);
     drop(guard);
 
+    // umount(8) returns before the daemon exits; rm -f right after it waits for the
+    // daemon instead of failing on the mount that is gone.
+    for _ in 0..3 {
+        let (name, guard) = mount_image(&root, "base:latest", &mnt);
+        let st = Command::new("umount").arg(&mnt).status().unwrap();
+        assert!(st.success());
+        assert_eq!(ok(ufsd(&root, &["rm", "-f", &name])).trim(), name);
+        assert!(ps_json(&root).is_empty());
+        drop(guard);
+    }
+
     // Unmounted containers are listed and removed without -f.
     let (name, guard) = mount_image(&root, "base:latest", &mnt);
     ok(ufsd(&root, &["umount", mnt.to_str().unwrap()]));

@@ -264,8 +264,13 @@ pub fn remove(store: &Store, c: &Container, force: bool) -> ContainerResult<()> 
                 at.display()
             )));
         }
-        mount::unmount(&at, false)?;
-        // The daemon releases the lock as it exits, which unmount waited for.
+        match mount::unmount(&at, false) {
+            Ok(()) => {}
+            // Unmounted already (umount(8) does not wait for the daemon): it is on its way
+            // out and releases the lock as it exits.
+            Err(MountError::NotMounted(_)) => wait_for_daemon_exit(c),
+            Err(e) => return Err(e.into()),
+        }
         if c.is_mounted() {
             return Err(ContainerError::Refused(format!(
                 "container {}: its daemon still runs after the unmount of {}",
@@ -276,6 +281,14 @@ pub fn remove(store: &Store, c: &Container, force: bool) -> ContainerResult<()> 
     }
     store.remove_container_record(c.name())?;
     Ok(())
+}
+
+/// Gives the daemon of a container whose mount is gone a few seconds to exit.
+fn wait_for_daemon_exit(c: &Container) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while c.is_mounted() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// What a command works on: an upper layer over lower layers, and where it came from.

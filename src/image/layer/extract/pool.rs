@@ -18,8 +18,9 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Scope;
 
 use super::fsops::{self, Born, Meta};
@@ -28,8 +29,14 @@ use crate::sys;
 
 /// Largest file sent to a worker (its data is held in memory meanwhile).
 pub const SMALL_FILE: u64 = 64 << 10;
-/// Files queued for one worker, at most (so at most 8 MiB of data per worker).
-const QUEUE: usize = 128;
+/// Files handed to a worker at once: one wake-up of the worker (and, with its queue full,
+/// of the reader) per batch rather than per file. On a VM whose idle cores halt, a
+/// wake-up costs tens of microseconds, as much as creating the file.
+const BATCH: usize = 32;
+/// Data bytes that also close a batch, so that big files do not wait in it.
+const BATCH_BYTES: usize = 256 << 10;
+/// Batches queued for one worker, at most (at most 8 MiB of data per worker).
+const QUEUE: usize = 4;
 
 /// One file to create: its parent, name, data and metadata.
 pub struct FileJob {
@@ -46,7 +53,7 @@ pub struct FileJob {
 #[derive(Default)]
 struct State {
     /// Files sent and not finished.
-    outstanding: u64,
+    outstanding: usize,
     /// The earliest failure: entry order and error.
     failed: Option<(u64, ImageError)>,
     xattrs_dropped: u64,
@@ -55,21 +62,39 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     done: Condvar,
+    /// Set with `State::failed`, read without the lock on every file.
+    failing: AtomicBool,
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Records a failure of the entry `seq`, unless an earlier entry failed.
+    fn fail(st: &mut State, failing: &AtomicBool, seq: u64, e: ImageError) {
+        if st.failed.as_ref().is_none_or(|(s, _)| seq < *s) {
+            st.failed = Some((seq, e));
+        }
+        failing.store(true, Ordering::Release);
+    }
+}
+
+/// The batch being filled: its directory, worker and files.
+#[derive(Default)]
+struct Pending {
+    dir: Vec<u8>,
+    worker: usize,
+    jobs: Vec<FileJob>,
+    bytes: usize,
 }
 
 /// Worker threads creating small files; dropped, it lets them finish and stop.
 pub struct FilePool {
     /// One queue per worker.
-    txs: Vec<SyncSender<FileJob>>,
-    /// The directory of the last file sent and its worker; the next directory goes to
-    /// the next worker.
-    last: Mutex<(Vec<u8>, usize)>,
+    txs: Vec<SyncSender<Vec<FileJob>>>,
+    /// Files not sent yet; the next directory goes to the next worker.
+    pending: Mutex<Pending>,
     shared: Arc<Shared>,
 }
 
@@ -95,10 +120,11 @@ impl FilePool {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             done: Condvar::new(),
+            failing: AtomicBool::new(false),
         });
         let txs = (0..n.max(1))
             .map(|_| {
-                let (tx, rx) = sync_channel::<FileJob>(QUEUE);
+                let (tx, rx) = sync_channel::<Vec<FileJob>>(QUEUE);
                 let shared = shared.clone();
                 scope.spawn(move || work(rx, &shared, dest, privileged, &born));
                 tx
@@ -106,81 +132,121 @@ impl FilePool {
             .collect();
         FilePool {
             txs,
-            last: Mutex::new((Vec::new(), 0)),
+            pending: Mutex::new(Pending::default()),
             shared,
         }
     }
 
-    /// Sends a file to the worker of its directory (`dir`, the parent's path in the
+    /// Queues a file for the worker of its directory (`dir`, the parent's path in the
     /// layer); fails (after waiting for the others) if one failed.
     pub fn submit(&self, dir: &[u8], job: FileJob) -> ImageResult<()> {
-        if self.shared.lock().failed.is_some() {
+        if self.shared.failing.load(Ordering::Acquire) {
             return self.barrier().map(drop);
         }
-        let tx = {
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            if last.0 != dir {
-                last.0 = dir.to_vec();
-                last.1 = (last.1 + 1) % self.txs.len();
-            }
-            &self.txs[last.1]
-        };
-        self.shared.lock().outstanding += 1;
-        if tx.send(job).is_err() {
+        let mut pending = self.pending();
+        if pending.dir != dir {
+            self.flush(&mut pending)?;
+            pending.dir = dir.to_vec();
+            pending.worker = (pending.worker + 1) % self.txs.len();
+        }
+        pending.bytes += job.data.len();
+        pending.jobs.push(job);
+        if pending.jobs.len() >= BATCH || pending.bytes >= BATCH_BYTES {
+            self.flush(&mut pending)?;
+        }
+        Ok(())
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends the files queued so far to their worker.
+    fn flush(&self, pending: &mut Pending) -> ImageResult<()> {
+        if pending.jobs.is_empty() {
+            return Ok(());
+        }
+        let jobs = std::mem::take(&mut pending.jobs);
+        pending.bytes = 0;
+        let n = jobs.len();
+        self.shared.lock().outstanding += n;
+        if self.txs[pending.worker].send(jobs).is_err() {
             // Workers gone: only after a panic.
-            self.shared.lock().outstanding -= 1;
+            self.shared.lock().outstanding -= n;
             return Err(ImageError::Invalid("a file writer stopped".to_string()));
         }
         Ok(())
     }
 
-    /// Waits until every file sent is written; returns the xattrs the workers could not
+    /// Waits until every file queued is written; returns the xattrs the workers could not
     /// set (counted once), or the earliest failure.
     pub fn barrier(&self) -> ImageResult<u64> {
+        self.flush(&mut self.pending())?;
         let mut st = self.shared.lock();
         while st.outstanding > 0 {
             st = self.shared.done.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         if let Some((_, e)) = st.failed.take() {
+            self.shared.failing.store(false, Ordering::Release);
             return Err(e);
         }
         Ok(std::mem::take(&mut st.xattrs_dropped))
     }
 }
 
-/// Writes the files of one queue until the pool is dropped (which closes the queue).
-fn work(rx: Receiver<FileJob>, shared: &Shared, dest: &Path, privileged: bool, born: &Born) {
-    while let Ok(job) = rx.recv() {
-        let finished = Finished(shared, job.seq);
-        if shared.lock().failed.is_some() {
-            continue;
-        }
-        let result = write_file(&job, dest, privileged, born);
-        let mut st = finished.0.lock();
-        match result {
-            Ok(dropped) => st.xattrs_dropped += dropped,
-            Err(e) => {
-                if st.failed.as_ref().is_none_or(|(seq, _)| job.seq < *seq) {
-                    st.failed = Some((job.seq, e));
-                }
+/// Writes the batches of one queue until the pool is dropped (which closes the queue).
+fn work(rx: Receiver<Vec<FileJob>>, shared: &Shared, dest: &Path, privileged: bool, born: &Born) {
+    while let Ok(jobs) = rx.recv() {
+        let mut batch = Finished {
+            shared,
+            left: jobs.len(),
+            seq: jobs.first().map_or(0, |j| j.seq),
+            dropped: 0,
+            failed: None,
+        };
+        for job in &jobs {
+            batch.seq = job.seq;
+            if batch.failed.is_some() || shared.failing.load(Ordering::Acquire) {
+                break;
+            }
+            match write_file(job, dest, privileged, born) {
+                Ok(dropped) => batch.dropped += dropped,
+                Err(e) => batch.failed = Some((job.seq, e)),
             }
         }
     }
 }
 
-/// Counts a job finished when dropped, even by a panic (then a failure), so that a
-/// barrier can neither hang nor miss a file.
-struct Finished<'a>(&'a Shared, u64);
+/// Counts a batch finished when dropped, even by a panic (then a failure of the file
+/// being written), so that a barrier can neither hang nor miss a file.
+struct Finished<'a> {
+    shared: &'a Shared,
+    /// Files of the batch (all counted finished at once).
+    left: usize,
+    /// The file being written.
+    seq: u64,
+    dropped: u64,
+    failed: Option<(u64, ImageError)>,
+}
 
 impl Drop for Finished<'_> {
     fn drop(&mut self) {
-        let mut st = self.0.lock();
-        if std::thread::panicking() && st.failed.as_ref().is_none_or(|(seq, _)| self.1 < *seq) {
-            st.failed = Some((self.1, ImageError::Invalid("a file writer panicked".into())));
+        let mut st = self.shared.lock();
+        let failed = self.failed.take().or_else(|| {
+            std::thread::panicking().then(|| {
+                (
+                    self.seq,
+                    ImageError::Invalid("a file writer panicked".into()),
+                )
+            })
+        });
+        if let Some((seq, e)) = failed {
+            Shared::fail(&mut st, &self.shared.failing, seq, e);
         }
-        st.outstanding -= 1;
+        st.xattrs_dropped += self.dropped;
+        st.outstanding -= self.left;
         if st.outstanding == 0 {
-            self.0.done.notify_all();
+            self.shared.done.notify_all();
         }
     }
 }
