@@ -18,6 +18,9 @@ use fuser::{
 };
 use log::{debug, info, warn};
 
+mod plus;
+use plus::PlusPolicy;
+
 use crate::fs::gate::WriteGate;
 use crate::fs::{Attr, Caller, NewObject, SetAttr, UnionFs};
 use crate::layer::FileKind;
@@ -43,6 +46,8 @@ pub struct FuseAdapter {
     backing: DashMap<u64, Backing>,
     /// Held by every request that changes the upper layer, so that writes can be paused.
     gate: Arc<WriteGate>,
+    /// Whether listings carry attributes.
+    plus: PlusPolicy,
 }
 
 /// A passthrough backing file registered with the kernel for one inode.
@@ -62,6 +67,7 @@ impl FuseAdapter {
             passthrough: AtomicBool::new(false),
             backing: DashMap::new(),
             gate: Arc::new(WriteGate::new()),
+            plus: PlusPolicy::default(),
         }
     }
 
@@ -269,7 +275,12 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl(&a), &to_file_attr(&a), Generation(0)),
+            Ok(a) => {
+                if a.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                    self.plus.file_looked_up(parent.0);
+                }
+                reply.entry(&self.ttl(&a), &to_file_attr(&a), Generation(0))
+            }
             Err(sys::Errno::ENOENT) => {
                 // A negative entry: the kernel remembers the name is absent for the TTL.
                 let neg = to_file_attr(&Attr {
@@ -727,7 +738,13 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(errno(e)),
         };
         let start = items.partition_point(|d| d.off <= offset);
-        for item in &items[start..] {
+        // A lean first batch is `.` and `..` alone; the kernel reads on with READDIR.
+        let lean = offset == 0
+            && items.len() > 2
+            && items[..2].iter().all(|d| d.name == "." || d.name == "..")
+            && !self.plus.first_batch_rich(ino.0);
+        let end = if lean { 2 } else { items.len() };
+        for item in &items[start..end] {
             let next = item.off;
             if item.name == "." || item.name == ".." {
                 // The kernel links neither, so they cost no lookup count.
