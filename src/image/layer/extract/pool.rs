@@ -70,14 +70,6 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    /// Records a failure of the entry `seq`, unless an earlier entry failed.
-    fn fail(st: &mut State, failing: &AtomicBool, seq: u64, e: ImageError) {
-        if st.failed.as_ref().is_none_or(|(s, _)| seq < *s) {
-            st.failed = Some((seq, e));
-        }
-        failing.store(true, Ordering::Release);
-    }
 }
 
 /// The batch being filled: its directory, worker and files.
@@ -240,8 +232,12 @@ impl Drop for Finished<'_> {
                 )
             })
         });
+        // The earliest entry's failure is the one kept.
         if let Some((seq, e)) = failed {
-            Shared::fail(&mut st, &self.shared.failing, seq, e);
+            if st.failed.as_ref().is_none_or(|(s, _)| seq < *s) {
+                st.failed = Some((seq, e));
+            }
+            self.shared.failing.store(true, Ordering::Release);
         }
         st.xattrs_dropped += self.dropped;
         st.outstanding -= self.left;
