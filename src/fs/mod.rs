@@ -598,7 +598,8 @@ impl UnionFs {
         self.handles.remove_file(fh);
     }
 
-    /// The merged listing of directory `id`, `.` and `..` first, then in offset order.
+    /// The merged listing of directory `id`, `.` and `..` first, then in offset order:
+    /// directories, then the other names.
     /// Offset 0 (a fresh read or a rewind) reads the layers again; a later offset goes on
     /// in the listing the last fresh read of that directory made, whoever made it. There
     /// are no directory handles: the kernel is told that opening a directory needs no
@@ -675,13 +676,14 @@ impl UnionFs {
                 self.nodes.id_for(dev, ino)
             });
             out.push(DirItem {
-                off: dir_offset(e.name.as_bytes()),
+                off: dir_offset(e.name.as_bytes(), e.kind.is_dir()),
                 name: e.name,
                 kind: e.kind,
                 ino,
             });
         }
-        // In offset order, so that a listing resumes after any offset it handed out.
+        // In offset order (directories first), so that a listing resumes after any offset
+        // it handed out.
         out[2..].sort_unstable_by_key(|d| d.off);
         Ok(out)
     }
@@ -753,16 +755,24 @@ fn index_of(merged: &[MergedEntry]) -> DirIndex {
 }
 
 /// The readdir offset of the entry `name`: a hash of the name, above the offsets of `.`
-/// and `..`. The kernel may resume a listing from a page it cached, or from another open
-/// handle's listing, after the directory changed: an offset that names the same entry in
-/// every listing resumes at the right place (entries created meanwhile may or may not be
-/// seen, as POSIX allows), where a position would skip or repeat names. Two names with
-/// one hash (a chance of about n²/2⁶³) could lose the second at a chunk boundary.
-fn dir_offset(name: &[u8]) -> u64 {
+/// and `..`, with directories' offsets below all others, so that a listing in offset
+/// order has its directories first (a lean first batch carries them: see
+/// `fuse::Ufsd::readdirplus`). The kernel may resume a listing from a page it cached, or
+/// from another open handle's listing, after the directory changed: an offset that names
+/// the same entry in every listing resumes at the right place (entries created meanwhile
+/// may or may not be seen, as POSIX allows), where a position would skip or repeat names.
+/// Two names with one hash (a chance of about n²/2⁶²) could lose the second at a chunk
+/// boundary.
+fn dir_offset(name: &[u8], is_dir: bool) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in name {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    3 + (h >> 2)
+    // Below 2⁶³: the kernel keeps offsets as signed positions.
+    let base = if is_dir { 3 } else { FIRST_NON_DIR_OFFSET };
+    base + (h >> 3)
 }
+
+/// Offsets from here up name entries that are not directories.
+pub const FIRST_NON_DIR_OFFSET: u64 = 3 + (1 << 61);

@@ -22,7 +22,7 @@ mod plus;
 use plus::PlusPolicy;
 
 use crate::fs::gate::WriteGate;
-use crate::fs::{Attr, Caller, NewObject, SetAttr, UnionFs};
+use crate::fs::{Attr, Caller, FIRST_NON_DIR_OFFSET, NewObject, SetAttr, UnionFs};
 use crate::layer::FileKind;
 use crate::sys;
 
@@ -738,12 +738,18 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(errno(e)),
         };
         let start = items.partition_point(|d| d.off <= offset);
-        // A lean first batch is `.` and `..` alone; the kernel reads on with READDIR.
+        // A lean first batch is `.`, `..` and the subdirectories (listed first), whose
+        // attributes save the lookup a walk sends for each directory it enters; the kernel
+        // reads the other names on with READDIR.
         let lean = offset == 0
             && items.len() > 2
             && items[..2].iter().all(|d| d.name == "." || d.name == "..")
             && !self.plus.first_batch_rich(ino.0);
-        let end = if lean { 2 } else { items.len() };
+        let end = if lean {
+            items.partition_point(|d| d.off < FIRST_NON_DIR_OFFSET)
+        } else {
+            items.len()
+        };
         for item in &items[start..end] {
             let next = item.off;
             if item.name == "." || item.name == ".." {
