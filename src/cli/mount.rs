@@ -111,6 +111,7 @@ fn config_from(
         cfg.threads = n;
     }
     cfg.passthrough = !o.no_passthrough;
+    cfg.idle_poll = !o.no_idle_poll;
     cfg.trace = o.trace;
     cfg.whiteout = o.whiteout;
     Ok(cfg)

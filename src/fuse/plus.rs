@@ -4,12 +4,13 @@
 //! `READDIRPLUS`, whatever the reader does next. Attributes cost the daemon an `fstatat`
 //! per entry (on a cold cache an inode read from disk) that a walk by name and type alone
 //! (`find`, `ls` without `-l`) never needs: for `find` over 98k files they were more than
-//! half of its time. So a first batch is answered lean, with `.` and `..` only, and the
-//! kernel asks for the rest with plain `READDIR`; until readers are seen looking up the
+//! half of its time. So a first batch is answered lean, with `.`, `..` and the
+//! subdirectories only (a walk enters those next, and needs no lookup for them then), and
+//! the kernel asks for the rest with plain `READDIR`; until readers are seen looking up the
 //! files just listed (`ls -l`, `du`): a few lookups of non-directories in one directory
 //! listed lean make the next directories' listings rich (attributes with every name, one
 //! request per batch instead of a lookup per name). After a while a lean listing tests
-//! again. `find` looks up only the directories it descends into, so it stays lean.
+//! again. `find` looks up no file, so it stays lean.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,6 +8,7 @@
 //! `ufsd umount` waits for it to exit.
 
 pub mod control;
+mod idle_poll;
 pub mod mountinfo;
 pub mod options;
 mod record;
@@ -48,6 +49,8 @@ pub struct MountConfig {
     pub ttl: Duration,
     pub threads: usize,
     pub passthrough: bool,
+    /// Keep idle CPUs polling while the mount is busy (see [`idle_poll`]).
+    pub idle_poll: bool,
     /// Log each copy-up and whiteout from the start (`-o trace`).
     pub trace: bool,
     pub foreground: bool,
@@ -74,6 +77,7 @@ impl MountConfig {
             ttl: Duration::from_secs(86400),
             threads: 4,
             passthrough: true,
+            idle_poll: true,
             trace: false,
             foreground: false,
             log_file: None,
@@ -404,6 +408,11 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
             log::warn!("no control socket (commit cannot pause this mount): {e}");
             None
         }
+    };
+    let _idle_poll = if cfg.idle_poll {
+        idle_poll::IdlePoll::start()
+    } else {
+        None
     };
     if let Some(n) = notify {
         n.ready();

@@ -37,6 +37,8 @@ pub struct MountOptions {
     pub timeout: Option<Duration>,
     pub threads: Option<usize>,
     pub no_passthrough: bool,
+    /// `noidlepoll`: never ask for idle CPUs to poll.
+    pub no_idle_poll: bool,
     /// `trace`: log each copy-up and whiteout.
     pub trace: bool,
     /// `whiteout=overlay|oci` forces the whiteout format; `auto` (default) probes.
@@ -152,6 +154,7 @@ impl MountOptions {
                 self.threads = Some(n);
             }
             "nopassthrough" => self.no_passthrough = true,
+            "noidlepoll" => self.no_idle_poll = true,
             "trace" => self.trace = true,
             "whiteout" => {
                 self.whiteout = match need(value)? {

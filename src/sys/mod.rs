@@ -353,6 +353,48 @@ pub fn load_average() -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// How many times this process's threads have blocked (voluntary context switches), all
+/// threads together.
+pub fn voluntary_switches() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_nvcsw as u64
+}
+
+/// A CPU latency request held with the kernel's PM QoS (`/dev/cpu_dma_latency`, root only):
+/// while it asks for 0 µs, idle CPUs poll instead of entering sleep states. Closing it
+/// withdraws the request.
+#[derive(Debug)]
+pub struct CpuLatencyRequest(std::fs::File);
+
+impl CpuLatencyRequest {
+    /// No constraint: the kernel's default for the request.
+    pub const NONE: i32 = 2_000_000_000;
+
+    /// A request that does not constrain anything yet.
+    pub fn open() -> io::Result<CpuLatencyRequest> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/cpu_dma_latency")?;
+        io::Write::write_all(&mut f, &Self::NONE.to_ne_bytes())?;
+        Ok(CpuLatencyRequest(f))
+    }
+
+    /// Asks for wake-ups within `micros`.
+    pub fn set(&mut self, micros: i32) -> io::Result<()> {
+        io::Write::write_all(&mut self.0, &micros.to_ne_bytes())
+    }
+}
+
+/// The CPU latency all requests together ask for (µs), or `None` where it cannot be read.
+pub fn cpu_latency_limit() -> Option<i32> {
+    let bytes = std::fs::read("/dev/cpu_dma_latency").ok()?;
+    Some(i32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?))
+}
+
 /// Whether this process may use FUSE passthrough (it needs `CAP_SYS_ADMIN`).
 pub fn may_passthrough() -> bool {
     euid() == 0
