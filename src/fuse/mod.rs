@@ -18,7 +18,9 @@ use fuser::{
 };
 use log::{debug, info, warn};
 
+pub mod idle_poll;
 mod plus;
+use idle_poll::RequestMeter;
 use plus::PlusPolicy;
 
 use crate::fs::gate::WriteGate;
@@ -48,6 +50,8 @@ pub struct FuseAdapter {
     gate: Arc<WriteGate>,
     /// Whether listings carry attributes.
     plus: PlusPolicy,
+    /// Counts requests for idle polling, where it is on.
+    meter: Option<Arc<RequestMeter>>,
 }
 
 /// A passthrough backing file registered with the kernel for one inode.
@@ -68,6 +72,7 @@ impl FuseAdapter {
             backing: DashMap::new(),
             gate: Arc::new(WriteGate::new()),
             plus: PlusPolicy::default(),
+            meter: None,
         }
     }
 
@@ -75,6 +80,18 @@ impl FuseAdapter {
     pub fn with_gate(mut self, gate: Arc<WriteGate>) -> FuseAdapter {
         self.gate = gate;
         self
+    }
+
+    /// Counts every request a caller waits for with `meter`.
+    pub fn with_meter(mut self, meter: Option<Arc<RequestMeter>>) -> FuseAdapter {
+        self.meter = meter;
+        self
+    }
+
+    fn count_request(&self) {
+        if let Some(m) = &self.meter {
+            m.request();
+        }
     }
 
     /// The backing file of `ino` for one more open: the one it has, or `file` registered
@@ -274,6 +291,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.count_request();
         match self.fs.lookup(parent.0, name) {
             Ok(a) => {
                 if a.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
@@ -299,6 +317,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.count_request();
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.ttl(&a), &to_file_attr(&a)),
             Err(e) => reply.error(errno(e)),
@@ -306,6 +325,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.count_request();
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(e)),
@@ -313,6 +333,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.count_request();
         let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let _pass = writes.then(|| self.gate.enter());
         let needs_upper = writes || self.fs.is_copied_up(ino.0);
@@ -372,6 +393,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.count_request();
         let _pass = self.gate.enter();
         let caller = caller(req);
         let (attr, opened) = match self.fs.create(parent.0, name, mode & !umask, flags, caller) {
@@ -406,6 +428,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.count_request();
         let _pass = self.gate.enter();
         let obj = NewObject::Node {
             mode: mode & !umask,
@@ -426,6 +449,7 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.count_request();
         let _pass = self.gate.enter();
         let obj = NewObject::Dir {
             mode: mode & !umask,
@@ -444,6 +468,7 @@ impl Filesystem for FuseAdapter {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        self.count_request();
         let _pass = self.gate.enter();
         let obj = NewObject::Symlink {
             target: target.as_os_str(),
@@ -462,6 +487,7 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.count_request();
         let _pass = self.gate.enter();
         let r = self.fs.link(ino.0, newparent.0, newname);
         debug!(
@@ -473,11 +499,13 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.count_request();
         let _pass = self.gate.enter();
         Self::reply_empty(self.fs.remove(parent.0, name, false), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.count_request();
         let _pass = self.gate.enter();
         Self::reply_empty(self.fs.remove(parent.0, name, true), reply);
     }
@@ -492,6 +520,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.count_request();
         let _pass = self.gate.enter();
         let r = self
             .fs
@@ -517,6 +546,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.count_request();
         let _pass = self.gate.enter();
         let set = SetAttr {
             mode,
@@ -545,6 +575,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.count_request();
         let _pass = self.gate.enter();
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
@@ -560,6 +591,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.count_request();
         reply.ok();
     }
 
@@ -571,6 +603,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.count_request();
         Self::reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
@@ -582,6 +615,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.count_request();
         Self::reply_empty(self.fs.fsyncdir(ino.0, datasync), reply);
     }
 
@@ -595,11 +629,13 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.count_request();
         let _pass = self.gate.enter();
         Self::reply_empty(self.fs.setxattr(ino.0, name, value, flags), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.count_request();
         let _pass = self.gate.enter();
         Self::reply_empty(self.fs.removexattr(ino.0, name), reply);
     }
@@ -614,6 +650,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.count_request();
         let _pass = self.gate.enter();
         Self::reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
     }
@@ -627,6 +664,7 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.count_request();
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),
@@ -646,6 +684,7 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.count_request();
         let _pass = self.gate.enter();
         match self
             .fs
@@ -667,6 +706,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.count_request();
         debug!(
             "read through the daemon: fh={} offset={offset} size={size}",
             fh.0
@@ -693,6 +733,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.count_request();
         // ENOSYS: the kernel stops sending OPENDIR and RELEASEDIR for this mount (two
         // round trips per directory read saved) and treats every directory open as if it
         // had answered FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE. That caching is right here:
@@ -710,6 +751,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.count_request();
         let items = match self.fs.readdir(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(errno(e)),
@@ -733,6 +775,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.count_request();
         let items = match self.fs.readdir(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(errno(e)),
@@ -797,6 +840,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.count_request();
         match self.fs.statfs(ino.0) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -813,6 +857,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.count_request();
         match self.fs.getxattr(ino.0, name) {
             Ok(v) => reply_xattr(&v, size, reply),
             Err(e) => reply.error(errno(e)),
@@ -820,6 +865,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.count_request();
         match self.fs.listxattr(ino.0, req.uid() == 0) {
             Ok(v) => reply_xattr(&v, size, reply),
             Err(e) => reply.error(errno(e)),
@@ -827,6 +873,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.count_request();
         match self.fs.access(ino.0, mask.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),

@@ -8,7 +8,6 @@
 //! `ufsd umount` waits for it to exit.
 
 pub mod control;
-mod idle_poll;
 pub mod mountinfo;
 pub mod options;
 mod record;
@@ -26,6 +25,7 @@ use log::{debug, info};
 use thiserror::Error;
 
 use crate::fs::{UnionFs, WhiteoutFormat};
+use crate::fuse::idle_poll::IdlePoll;
 use crate::fuse::{CachePolicy, FuseAdapter};
 use crate::layer::LayerStack;
 use crate::sys::{self, process};
@@ -49,7 +49,7 @@ pub struct MountConfig {
     pub ttl: Duration,
     pub threads: usize,
     pub passthrough: bool,
-    /// Keep idle CPUs polling while the mount is busy (see [`idle_poll`]).
+    /// Keep idle CPUs polling while the mount is busy (see [`crate::fuse::idle_poll`]).
     pub idle_poll: bool,
     /// Log each copy-up and whiteout from the start (`-o trace`).
     pub trace: bool,
@@ -340,6 +340,12 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
         source,
     };
     let gate = std::sync::Arc::new(crate::fs::gate::WriteGate::new());
+    // Dropped (withdrawing its request) only after the session ends.
+    let idle_poll = if cfg.idle_poll {
+        IdlePoll::start()
+    } else {
+        None
+    };
     let started = (|| {
         let held = match &cfg.hold_lock {
             Some(p) => match sys::lock::FileLock::try_lock(p, sys::lock::LockKind::Exclusive)? {
@@ -372,7 +378,8 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
             CachePolicy { ttl: cfg.ttl },
             cfg.passthrough && sys::may_passthrough(),
         )
-        .with_gate(gate.clone());
+        .with_gate(gate.clone())
+        .with_meter(idle_poll.as_ref().map(IdlePoll::meter));
         let session = Session::new(adapter, &cfg.mountpoint, &fuse_config(cfg))?;
         Ok::<_, std::io::Error>((session, held, tracer))
     })();
@@ -408,11 +415,6 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
             log::warn!("no control socket (commit cannot pause this mount): {e}");
             None
         }
-    };
-    let _idle_poll = if cfg.idle_poll {
-        idle_poll::IdlePoll::start()
-    } else {
-        None
     };
     if let Some(n) = notify {
         n.ready();

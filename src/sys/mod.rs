@@ -353,17 +353,6 @@ pub fn load_average() -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
-/// How many times this process's threads have blocked (voluntary context switches), all
-/// threads together.
-pub fn voluntary_switches() -> u64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return 0;
-    }
-    usage.ru_nvcsw as u64
-}
-
 /// A CPU latency request held with the kernel's PM QoS (`/dev/cpu_dma_latency`, root only):
 /// while it asks for 0 µs, idle CPUs poll instead of entering sleep states. Closing it
 /// withdraws the request.
