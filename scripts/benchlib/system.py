@@ -77,6 +77,26 @@ def settle(cold: bool, prefault_mib: int) -> None:
     prefault(prefault_mib)
 
 
+def cpu_latency_limit() -> int | None:
+    """The CPU wake-up latency (µs) that PM QoS requests together ask for; None if unknown."""
+    try:
+        with open("/dev/cpu_dma_latency", "rb") as f:
+            return int.from_bytes(f.read(4), sys.byteorder, signed=True)
+    except OSError:
+        return None
+
+
+def wait_no_cpu_latency_request(timeout: float = 3.0) -> bool:
+    """Waits until no PM QoS request keeps idle CPUs polling (a ufsd daemon of an earlier
+    step may still be winding down); False if one still does after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while cpu_latency_limit() == 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def ensure_packages(packages: dict[str, str]) -> None:
     """Installs the Debian packages of missing commands ({command: package})."""
     missing = sorted({pkg for cmd, pkg in packages.items() if shutil.which(cmd) is None})

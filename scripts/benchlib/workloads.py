@@ -22,7 +22,7 @@ from typing import Callable, TypeVar
 
 from .fixture import Fixture, Sizes
 from .mounts import FUSE_KINDS, Mount, Mounter, peak_rss_kib
-from .system import BenchError, rmtree, run, settle, timed
+from .system import BenchError, rmtree, run, settle, timed, wait_no_cpu_latency_request
 from .trace import RequestCounter
 
 MIB = 1 << 20
@@ -72,6 +72,9 @@ class Ctx:
         """Settles the machine, then runs `fn` (which returns its own measure) while the
         FUSE requests to `m` are counted (and, with --strace, the daemon's syscalls)."""
         settle(cold, self.prefault_mib)
+        # Idle CPUs that poll would speed up any kind's step: every step starts without.
+        if not wait_no_cpu_latency_request():
+            self.warn(f"{m.kind}: idle CPUs were still kept polling when a step began")
         counting = m.kind in FUSE_KINDS
         out = self.run_dir / "strace.txt"
         tracer = start_strace(m.pid, out) if self.strace and m.pid else None
@@ -119,10 +122,13 @@ class Ctx:
 
     def expect(self, what: str, got: int, want: int, kind: str) -> None:
         if got != want:
-            msg = f"{kind}: {what}: got {got}, expected {want}"
-            if msg not in self.warnings:
-                self.warnings.append(msg)
-                print(f"bench: WARNING {msg}")
+            self.warn(f"{kind}: {what}: got {got}, expected {want}")
+
+    def warn(self, msg: str) -> None:
+        """A warning printed once and listed with the results."""
+        if msg not in self.warnings:
+            self.warnings.append(msg)
+            print(f"bench: WARNING {msg}")
 
 
 def _count(n: int) -> str:
