@@ -43,7 +43,9 @@ impl Drop for WritePass<'_> {
     fn drop(&mut self) {
         let mut s = self.gate.lock();
         s.in_flight -= 1;
-        if s.in_flight == 0 {
+        // Only a pause waits for the last one out (and a notify is a syscall even when
+        // nobody waits).
+        if s.in_flight == 0 && s.pauses > 0 {
             self.gate.changed.notify_all();
         }
     }
