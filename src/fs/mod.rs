@@ -757,7 +757,7 @@ fn index_of(merged: &[MergedEntry]) -> DirIndex {
 /// The readdir offset of the entry `name`: a hash of the name, above the offsets of `.`
 /// and `..`, with directories' offsets below all others, so that a listing in offset
 /// order has its directories first (a lean first batch carries them: see
-/// `fuse::Ufsd::readdirplus`). The kernel may resume a listing from a page it cached, or
+/// `FuseAdapter::readdirplus`). The kernel may resume a listing from a page it cached, or
 /// from another open handle's listing, after the directory changed: an offset that names
 /// the same entry in every listing resumes at the right place (entries created meanwhile
 /// may or may not be seen, as POSIX allows), where a position would skip or repeat names.

@@ -88,6 +88,8 @@ impl FuseAdapter {
         self
     }
 
+    /// Called first by every method whose caller waits for the reply: fuser has no hook
+    /// before it dispatches a request.
     fn count_request(&self) {
         if let Some(m) = &self.meter {
             m.request();

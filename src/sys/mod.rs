@@ -378,12 +378,6 @@ impl CpuLatencyRequest {
     }
 }
 
-/// The CPU latency all requests together ask for (µs), or `None` where it cannot be read.
-pub fn cpu_latency_limit() -> Option<i32> {
-    let bytes = std::fs::read("/dev/cpu_dma_latency").ok()?;
-    Some(i32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?))
-}
-
 /// Whether this process may use FUSE passthrough (it needs `CAP_SYS_ADMIN`).
 pub fn may_passthrough() -> bool {
     euid() == 0
