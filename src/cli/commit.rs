@@ -1,7 +1,7 @@
 //! `ufsd commit`: a container, a mount or an upper directory as a new image.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
@@ -38,12 +38,8 @@ pub struct CommitArgs {
     /// A Dockerfile instruction to apply to the config (repeatable).
     #[arg(short, long = "change", value_name = "INSTRUCTION")]
     change: Vec<String>,
-    /// The upper layer directory (instead of a container or mount point).
-    #[arg(long, value_name = "DIR")]
-    upper: Option<PathBuf>,
-    /// The lower layers under --upper, top-most first, separated by ':'.
-    #[arg(long, value_name = "DIR[:DIR...]", requires = "upper")]
-    lower: Option<PathBuf>,
+    #[command(flatten)]
+    dirs: subject::LayerDirArgs,
     /// Do not pause a live mount (the layer may then mix states of the files).
     #[arg(long)]
     no_pause: bool,
@@ -62,7 +58,8 @@ enum CompressArg {
 }
 
 pub fn run(root: &Path, a: CommitArgs) -> Result<ExitCode> {
-    let (target_arg, name) = match (&a.upper, a.args.as_slice()) {
+    let dirs = a.dirs.target();
+    let (target_arg, name) = match (&dirs, a.args.as_slice()) {
         (Some(_), []) => (None, None),
         (Some(_), [n]) => (None, Some(n.clone())),
         (Some(_), _) => bail!("with --upper, give at most NAME[:TAG]"),
@@ -76,9 +73,9 @@ pub fn run(root: &Path, a: CommitArgs) -> Result<ExitCode> {
         .map(Reference::parse_tag_target)
         .transpose()?;
     let store = Store::open(root)?;
-    let target = match (target_arg, a.upper) {
+    let target = match (target_arg, dirs) {
         (Some(t), _) => subject::resolve(&t, Some(&store))?,
-        (None, Some(u)) => subject::from_dirs(u, a.lower.as_deref()),
+        (None, Some(dirs)) => dirs,
         (None, None) => unreachable!("checked above"),
     };
     let parent = match &target.container {

@@ -34,12 +34,8 @@ pub struct DiffArgs {
         conflicts_with_all = ["upper", "lower"]
     )]
     target: Option<String>,
-    /// The upper layer directory (instead of a container or mount point).
-    #[arg(long, value_name = "DIR")]
-    upper: Option<PathBuf>,
-    /// The lower layers under --upper, top-most first, separated by ':'.
-    #[arg(long, value_name = "DIR[:DIR...]", requires = "upper")]
-    lower: Option<PathBuf>,
+    #[command(flatten)]
+    dirs: subject::LayerDirArgs,
     /// Print a JSON array instead of lines.
     #[arg(long)]
     json: bool,
@@ -60,7 +56,7 @@ fn print(changes: &[Change], json: bool) -> io::Result<()> {
 }
 
 pub fn run(a: DiffArgs, root: Result<PathBuf>) -> Result<ExitCode> {
-    let target = match (&a.target, a.upper) {
+    let target = match (&a.target, a.dirs.target()) {
         (Some(t), _) => {
             let store = match root {
                 Ok(r) if !crate::container::looks_like_path(t) => subject::existing_store(&r)?,
@@ -68,7 +64,7 @@ pub fn run(a: DiffArgs, root: Result<PathBuf>) -> Result<ExitCode> {
             };
             subject::resolve(t, store.as_ref())?
         }
-        (None, Some(u)) => subject::from_dirs(u, a.lower.as_deref()),
+        (None, Some(dirs)) => dirs,
         (None, None) => bail!("give a container, a mount point, or --upper"),
     };
     // A live mount's writes are held while the upper layer is read (as commit does), so

@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::output::Output;
 use super::progress;
+use super::subject::LayerDirArgs;
 use crate::image::layer::LayerOptions;
 use crate::image::store::Store;
 use crate::image::transfer::export::{Source, export};
@@ -32,12 +33,8 @@ pub struct ExportArgs {
         conflicts_with_all = ["upper", "lower"]
     )]
     source: Option<String>,
-    /// An upper layer directory to merge over --lower (instead of a source).
-    #[arg(long, value_name = "DIR")]
-    upper: Option<PathBuf>,
-    /// The lower layers under --upper, top-most first, separated by ':'.
-    #[arg(long, value_name = "DIR[:DIR...]", requires = "upper")]
-    lower: Option<PathBuf>,
+    #[command(flatten)]
+    dirs: LayerDirArgs,
     /// Write to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -65,17 +62,14 @@ fn source_of(store: &Store, arg: &str) -> Result<Source> {
 
 pub fn run(root: &Path, a: ExportArgs) -> Result<ExitCode> {
     // Layer directories need no store (and must not create one).
-    let (store, source) = match (&a.source, a.upper) {
+    let (store, source) = match (&a.source, a.dirs.target()) {
         (Some(s), _) => {
             let store = Store::open(root)?;
             let source = source_of(&store, s)?;
             (Some(store), source)
         }
-        (None, Some(upper)) => {
-            let mut layers = vec![upper];
-            if let Some(l) = a.lower.as_deref() {
-                layers.extend(super::mount::split_lowers(l));
-            }
+        (None, Some(dirs)) => {
+            let layers = std::iter::once(dirs.upper).chain(dirs.lowers).collect();
             (None, Source::Layers(layers))
         }
         (None, None) => anyhow::bail!("give an image, a container, a directory or --upper"),

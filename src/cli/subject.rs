@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
+use clap::Args;
 
 use crate::container::{self, Target};
 use crate::image::store::Store;
@@ -35,12 +36,31 @@ pub(super) fn resolve(arg: &str, store: Option<&Store>) -> Result<Target> {
     Ok(Target::mount(Path::new(arg), store)?)
 }
 
-/// The `--upper DIR --lower A:B` form: offline layer directories.
-pub(super) fn from_dirs(upper: PathBuf, lower: Option<&Path>) -> Target {
-    Target {
-        upper,
-        lowers: lower.map(super::mount::split_lowers).unwrap_or_default(),
-        live: None,
-        container: None,
+/// The `--upper DIR --lower A:B` form of `diff`, `commit` and `export`: offline layer
+/// directories instead of a container, mount point or image.
+#[derive(Debug, Args)]
+pub struct LayerDirArgs {
+    /// An upper layer directory, read over --lower (instead of a container, mount point
+    /// or image).
+    #[arg(long, value_name = "DIR")]
+    pub upper: Option<PathBuf>,
+    /// The lower layers under --upper, top-most first, separated by ':'.
+    #[arg(long, value_name = "DIR[:DIR...]", requires = "upper")]
+    pub lower: Option<PathBuf>,
+}
+
+impl LayerDirArgs {
+    /// The layers named, upper first; `None` without `--upper`.
+    pub fn target(&self) -> Option<Target> {
+        Some(Target {
+            upper: self.upper.clone()?,
+            lowers: self
+                .lower
+                .as_deref()
+                .map(super::mount::split_lowers)
+                .unwrap_or_default(),
+            live: None,
+            container: None,
+        })
     }
 }
