@@ -84,6 +84,20 @@ pub fn gnu_tar(dir: &Path, out: &Path, gzip: bool) {
     run("tar", &args);
 }
 
+/// The sample rootfs under `dir`, imported from a GNU tar of it (gzipped with `gzip`) as
+/// `base:latest` into a new store at `dir/store`; returns the rootfs and the store.
+pub fn imported_rootfs(dir: &Path, gzip: bool) -> (PathBuf, PathBuf) {
+    let src = rootfs(dir);
+    let root = dir.join("store");
+    let tar = dir.join("in.tar");
+    gnu_tar(&src, &tar, gzip);
+    ok(ufsd(
+        &root,
+        &["import", tar.to_str().unwrap(), "base:latest"],
+    ));
+    (src, root)
+}
+
 /// GNU tar extraction of `tar` into a new directory `dest`, keeping owners and xattrs.
 pub fn gnu_untar(tar: &Path, dest: &Path) {
     fs::create_dir_all(dest).unwrap();
@@ -166,14 +180,7 @@ fn import_then_export_gives_the_same_tree() {
 #[test]
 fn export_to_a_device_writes_to_it_and_keeps_it() {
     let d = scratch();
-    let src = rootfs(d.path());
-    let root = d.path().join("store");
-    let tar = d.path().join("in.tar");
-    gnu_tar(&src, &tar, false);
-    ok(ufsd(
-        &root,
-        &["import", tar.to_str().unwrap(), "base:latest"],
-    ));
+    let (_, root) = imported_rootfs(d.path(), false);
     let null = d.path().join("null");
     nix::sys::stat::mknod(
         &null,
@@ -318,14 +325,7 @@ fn export_of_an_image_equals_export_of_a_mount_of_its_layers() {
 #[test]
 fn save_then_load_keeps_image_ids() {
     let d = scratch();
-    let src = rootfs(d.path());
-    let root = d.path().join("store");
-    let tar = d.path().join("in.tar");
-    gnu_tar(&src, &tar, false);
-    ok(ufsd(
-        &root,
-        &["import", tar.to_str().unwrap(), "base:latest"],
-    ));
+    let (src, root) = imported_rootfs(d.path(), false);
     ok(ufsd(&root, &["tag", "base", "registry.example/ns/base:v1"]));
     let id = image_id(&root, "base");
 

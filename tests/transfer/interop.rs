@@ -6,19 +6,12 @@ use std::fs;
 
 use super::common::{assert_same_tree, scratch};
 use super::fixture::{ok, ufsd};
-use super::{export_tree, gnu_tar, image_id, rootfs, run};
+use super::{export_tree, image_id, imported_rootfs, rootfs, run};
 
 #[test]
 fn skopeo_inspects_and_copies_what_save_wrote() {
     let d = scratch();
-    let src = rootfs(d.path());
-    let root = d.path().join("store");
-    let tar = d.path().join("in.tar");
-    gnu_tar(&src, &tar, true);
-    ok(ufsd(
-        &root,
-        &["import", tar.to_str().unwrap(), "base:latest"],
-    ));
+    let (src, root) = imported_rootfs(d.path(), true);
     let id = image_id(&root, "base");
     let layout = d.path().join("layout");
     ok(ufsd(
@@ -77,14 +70,7 @@ fn skopeo_inspects_and_copies_what_save_wrote() {
 #[test]
 fn umoci_unpacks_the_tree_export_writes() {
     let d = scratch();
-    let src = rootfs(d.path());
-    let root = d.path().join("store");
-    let tar = d.path().join("in.tar");
-    gnu_tar(&src, &tar, false);
-    ok(ufsd(
-        &root,
-        &["import", tar.to_str().unwrap(), "base:latest"],
-    ));
+    let (_, root) = imported_rootfs(d.path(), false);
     let layout = d.path().join("layout");
     ok(ufsd(
         &root,
