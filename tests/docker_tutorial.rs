@@ -12,6 +12,9 @@
 //! container is removed (and unmounted) by a guard, even when an assertion fails.
 
 mod common;
+#[path = "image_store/fixture.rs"]
+#[allow(dead_code)]
+mod fixture;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -19,15 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{MountKind, Mounted, assert_same_tree, mkdir, mount_type_at, mounts_under, scratch};
-
-fn ufsd(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ufsd"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .expect("running ufsd")
-}
+use fixture::ufsd;
 
 /// The stdout of a command that must succeed (panics with its stderr otherwise).
 fn ok(what: &str, o: Output) -> String {
