@@ -63,7 +63,17 @@ impl WriteGate {
 
     /// Waits while the gate is paused, then lets one mutating request in.
     pub fn enter(&self) -> WritePass<'_> {
+        self.enter_with(|| {})
+    }
+
+    /// [`enter`](Self::enter), calling `before_wait` first if it has to wait.
+    pub fn enter_with(&self, before_wait: impl FnOnce()) -> WritePass<'_> {
         let mut s = self.lock();
+        if s.pauses > 0 {
+            drop(s);
+            before_wait();
+            s = self.lock();
+        }
         if s.pauses > 0 {
             s.waiting += 1;
             while s.pauses > 0 {

@@ -20,10 +20,12 @@ use log::{debug, info, warn};
 
 pub mod idle_poll;
 mod plus;
+mod turns;
 use idle_poll::RequestMeter;
 use plus::PlusPolicy;
+use turns::{Turn, Turns};
 
-use crate::fs::gate::WriteGate;
+use crate::fs::gate::{WriteGate, WritePass};
 use crate::fs::{Attr, Caller, FIRST_NON_DIR_OFFSET, NewObject, SetAttr, UnionFs};
 use crate::layer::FileKind;
 use crate::sys;
@@ -52,6 +54,8 @@ pub struct FuseAdapter {
     plus: PlusPolicy,
     /// Counts requests for idle polling, where it is on.
     meter: Option<Arc<RequestMeter>>,
+    /// Which thread reads the next request.
+    turns: Turns,
 }
 
 /// A passthrough backing file registered with the kernel for one inode.
@@ -73,6 +77,7 @@ impl FuseAdapter {
             gate: Arc::new(WriteGate::new()),
             plus: PlusPolicy::default(),
             meter: None,
+            turns: Turns::default(),
         }
     }
 
@@ -88,12 +93,20 @@ impl FuseAdapter {
         self
     }
 
-    /// Called first by every method whose caller waits for the reply: fuser has no hook
-    /// before it dispatches a request.
-    fn count_request(&self) {
+    /// Called first by every method whose caller waits for the reply (fuser has no hook
+    /// before it dispatches a request), and kept until the method returns, after its
+    /// reply: see [`turns`].
+    fn begin_request(&self) -> Turn<'_> {
         if let Some(m) = &self.meter {
             m.request();
         }
+        self.turns.begin()
+    }
+
+    /// Lets one mutating request through the write gate; if it has to wait (a pause),
+    /// another thread reads requests meanwhile.
+    fn enter_gate(&self) -> WritePass<'_> {
+        self.gate.enter_with(|| self.turns.step_aside())
     }
 
     /// The backing file of `ino` for one more open: the one it has, or `file` registered
@@ -293,7 +306,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.count_request();
+        let _turn = self.begin_request();
         match self.fs.lookup(parent.0, name) {
             Ok(a) => {
                 if a.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
@@ -315,11 +328,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _turn = self.turns.begin();
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.count_request();
+        let _turn = self.begin_request();
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.ttl(&a), &to_file_attr(&a)),
             Err(e) => reply.error(errno(e)),
@@ -327,7 +341,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.count_request();
+        let _turn = self.begin_request();
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(e)),
@@ -335,9 +349,13 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.count_request();
+        let _turn = self.begin_request();
         let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        let _pass = writes.then(|| self.gate.enter());
+        if writes && !self.fs.is_copied_up(ino.0) {
+            // A copy-up may take a while.
+            self.turns.step_aside();
+        }
+        let _pass = writes.then(|| self.enter_gate());
         let needs_upper = writes || self.fs.is_copied_up(ino.0);
         if needs_upper && self.passthrough() && self.lower_backing_in_use(ino.0) {
             // The kernel allows one backing file per inode, and this one is the lower file,
@@ -395,8 +413,8 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        let _pass = self.enter_gate();
         let caller = caller(req);
         let (attr, opened) = match self.fs.create(parent.0, name, mode & !umask, flags, caller) {
             Ok(r) => r,
@@ -430,8 +448,8 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        let _pass = self.enter_gate();
         let obj = NewObject::Node {
             mode: mode & !umask,
             rdev: u64::from(rdev),
@@ -451,8 +469,8 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        let _pass = self.enter_gate();
         let obj = NewObject::Dir {
             mode: mode & !umask,
         };
@@ -470,8 +488,8 @@ impl Filesystem for FuseAdapter {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        let _pass = self.enter_gate();
         let obj = NewObject::Symlink {
             target: target.as_os_str(),
         };
@@ -489,8 +507,10 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        // Copy-ups, syncs and data may take a while.
+        self.turns.step_aside();
+        let _pass = self.enter_gate();
         let r = self.fs.link(ino.0, newparent.0, newname);
         debug!(
             "link ino={} as {newname:?}: {:?}",
@@ -501,14 +521,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        let _pass = self.enter_gate();
         Self::reply_empty(self.fs.remove(parent.0, name, false), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        let _pass = self.enter_gate();
         Self::reply_empty(self.fs.remove(parent.0, name, true), reply);
     }
 
@@ -522,8 +542,10 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        // Copy-ups, syncs and data may take a while.
+        self.turns.step_aside();
+        let _pass = self.enter_gate();
         let r = self
             .fs
             .rename(parent.0, name, newparent.0, newname, flags.bits());
@@ -548,8 +570,12 @@ impl Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        if size.is_some() || !self.fs.is_copied_up(ino.0) {
+            // A copy-up or a truncation may take a while.
+            self.turns.step_aside();
+        }
+        let _pass = self.enter_gate();
         let set = SetAttr {
             mode,
             uid,
@@ -577,8 +603,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        // Copy-ups, syncs and data may take a while.
+        self.turns.step_aside();
+        let _pass = self.enter_gate();
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
@@ -593,7 +621,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.count_request();
+        let _turn = self.begin_request();
         reply.ok();
     }
 
@@ -605,7 +633,9 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.count_request();
+        let _turn = self.begin_request();
+        // Copy-ups, syncs and data may take a while.
+        self.turns.step_aside();
         Self::reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
@@ -617,7 +647,9 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.count_request();
+        let _turn = self.begin_request();
+        // Copy-ups, syncs and data may take a while.
+        self.turns.step_aside();
         Self::reply_empty(self.fs.fsyncdir(ino.0, datasync), reply);
     }
 
@@ -631,14 +663,14 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        let _pass = self.enter_gate();
         Self::reply_empty(self.fs.setxattr(ino.0, name, value, flags), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        let _pass = self.enter_gate();
         Self::reply_empty(self.fs.removexattr(ino.0, name), reply);
     }
 
@@ -652,8 +684,10 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        // Copy-ups, syncs and data may take a while.
+        self.turns.step_aside();
+        let _pass = self.enter_gate();
         Self::reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
     }
 
@@ -666,7 +700,7 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.count_request();
+        let _turn = self.begin_request();
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),
@@ -686,8 +720,10 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.count_request();
-        let _pass = self.gate.enter();
+        let _turn = self.begin_request();
+        // Copy-ups, syncs and data may take a while.
+        self.turns.step_aside();
+        let _pass = self.enter_gate();
         match self
             .fs
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
@@ -708,7 +744,9 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.count_request();
+        let _turn = self.begin_request();
+        // Copy-ups, syncs and data may take a while.
+        self.turns.step_aside();
         debug!(
             "read through the daemon: fh={} offset={offset} size={size}",
             fh.0
@@ -729,13 +767,14 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.turns.begin();
         self.fs.release(fh.0);
         self.drop_backing(ino.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.count_request();
+        let _turn = self.begin_request();
         // ENOSYS: the kernel stops sending OPENDIR and RELEASEDIR for this mount (two
         // round trips per directory read saved) and treats every directory open as if it
         // had answered FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE. That caching is right here:
@@ -753,7 +792,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.count_request();
+        let _turn = self.begin_request();
         let items = match self.fs.readdir(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(errno(e)),
@@ -777,7 +816,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.count_request();
+        let _turn = self.begin_request();
         let items = match self.fs.readdir(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(errno(e)),
@@ -842,7 +881,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        self.count_request();
+        let _turn = self.begin_request();
         match self.fs.statfs(ino.0) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -859,7 +898,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.count_request();
+        let _turn = self.begin_request();
         match self.fs.getxattr(ino.0, name) {
             Ok(v) => reply_xattr(&v, size, reply),
             Err(e) => reply.error(errno(e)),
@@ -867,7 +906,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.count_request();
+        let _turn = self.begin_request();
         match self.fs.listxattr(ino.0, req.uid() == 0) {
             Ok(v) => reply_xattr(&v, size, reply),
             Err(e) => reply.error(errno(e)),
@@ -875,7 +914,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.count_request();
+        let _turn = self.begin_request();
         match self.fs.access(ino.0, mask.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
