@@ -103,6 +103,14 @@ impl FuseAdapter {
         self.turns.begin()
     }
 
+    /// [`begin_request`](Self::begin_request) for a request that may block for long (a
+    /// copy-up, a sync, data through the daemon): another thread reads meanwhile.
+    fn begin_long_request(&self) -> Turn<'_> {
+        let turn = self.begin_request();
+        self.turns.step_aside();
+        turn
+    }
+
     /// Lets one mutating request through the write gate; if it has to wait (a pause),
     /// another thread reads requests meanwhile.
     fn enter_gate(&self) -> WritePass<'_> {
@@ -507,9 +515,7 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _turn = self.begin_request();
-        // Copy-ups, syncs and data may take a while.
-        self.turns.step_aside();
+        let _turn = self.begin_long_request();
         let _pass = self.enter_gate();
         let r = self.fs.link(ino.0, newparent.0, newname);
         debug!(
@@ -542,9 +548,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.begin_request();
-        // Copy-ups, syncs and data may take a while.
-        self.turns.step_aside();
+        let _turn = self.begin_long_request();
         let _pass = self.enter_gate();
         let r = self
             .fs
@@ -603,9 +607,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _turn = self.begin_request();
-        // Copy-ups, syncs and data may take a while.
-        self.turns.step_aside();
+        let _turn = self.begin_long_request();
         let _pass = self.enter_gate();
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
@@ -633,9 +635,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.begin_request();
-        // Copy-ups, syncs and data may take a while.
-        self.turns.step_aside();
+        let _turn = self.begin_long_request();
         Self::reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
@@ -647,9 +647,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.begin_request();
-        // Copy-ups, syncs and data may take a while.
-        self.turns.step_aside();
+        let _turn = self.begin_long_request();
         Self::reply_empty(self.fs.fsyncdir(ino.0, datasync), reply);
     }
 
@@ -684,9 +682,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.begin_request();
-        // Copy-ups, syncs and data may take a while.
-        self.turns.step_aside();
+        let _turn = self.begin_long_request();
         let _pass = self.enter_gate();
         Self::reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
     }
@@ -720,9 +716,7 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _turn = self.begin_request();
-        // Copy-ups, syncs and data may take a while.
-        self.turns.step_aside();
+        let _turn = self.begin_long_request();
         let _pass = self.enter_gate();
         match self
             .fs
@@ -744,9 +738,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _turn = self.begin_request();
-        // Copy-ups, syncs and data may take a while.
-        self.turns.step_aside();
+        let _turn = self.begin_long_request();
         debug!(
             "read through the daemon: fh={} offset={offset} size={size}",
             fh.0
