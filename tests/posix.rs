@@ -634,3 +634,119 @@ fn shared_mmap_writes_are_seen_by_read() {
         );
     }
 }
+
+/// A `system.posix_acl_access` value: version 2, then (tag, permissions, id) per entry.
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn posix_acls_decide_access_as_the_modes_do() {
+    const USER_OBJ: u16 = 0x01;
+    const USER: u16 = 0x02;
+    const GROUP_OBJ: u16 = 0x04;
+    const MASK: u16 = 0x10;
+    const OTHER: u16 = 0x20;
+    const NO_ID: u32 = u32::MAX;
+    let access = b"system.posix_acl_access";
+    let pair = Pair::new(
+        |l| {
+            // 1002 may read a file its mode keeps from everyone but the owner...
+            lower_file(l, "granted", b"granted\n", 0o640, 1001, 1001);
+            let grant = acl(&[
+                (USER_OBJ, 6, NO_ID),
+                (USER, 4, 1002),
+                (GROUP_OBJ, 0, NO_ID),
+                (MASK, 4, NO_ID),
+                (OTHER, 0, NO_ID),
+            ]);
+            common::set_xattr(&l.join("granted"), access, &grant);
+            // ...and the same after a chmod narrows the mask (on the copied-up file).
+            lower_file(l, "narrowed", b"narrowed\n", 0o640, 1001, 1001);
+            common::set_xattr(&l.join("narrowed"), access, &grant);
+            // 1002 may not read a file its mode lets everyone read.
+            lower_file(l, "denied", b"denied\n", 0o644, 1001, 1001);
+            let deny = acl(&[
+                (USER_OBJ, 6, NO_ID),
+                (USER, 0, 1002),
+                (GROUP_OBJ, 4, NO_ID),
+                (MASK, 4, NO_ID),
+                (OTHER, 4, NO_ID),
+            ]);
+            common::set_xattr(&l.join("denied"), access, &deny);
+            // 1002 may list a directory only its owner may by mode.
+            lower_dir(l, "dir", 0o750, 1001, 1001);
+            lower_file(l, "dir/inside", b"inside\n", 0o644, 1001, 1001);
+            let list = acl(&[
+                (USER_OBJ, 7, NO_ID),
+                (USER, 5, 1002),
+                (GROUP_OBJ, 0, NO_ID),
+                (MASK, 5, NO_ID),
+                (OTHER, 0, NO_ID),
+            ]);
+            common::set_xattr(&l.join("dir"), access, &list);
+        },
+        &[],
+    );
+    let obs = pair.same(|m| {
+        let m = m.to_path_buf();
+        let mut o = vec![res(
+            "granted's ACL",
+            common::get_xattr(&m.join("granted"), access).map(|v| v.len()),
+        )];
+        fs::set_permissions(m.join("narrowed"), fs::Permissions::from_mode(0o600)).unwrap();
+        o.push(format!("narrowed {}", describe(&m.join("narrowed"))));
+        let read_as = |uid: u32| {
+            let m = m.clone();
+            in_child(uid, uid, 0o022, move || {
+                ["granted", "narrowed", "denied", "dir/inside"]
+                    .iter()
+                    .map(|n| {
+                        res(
+                            &format!("{uid} reads {n}"),
+                            fs::read_to_string(m.join(n)).map_err(e),
+                        )
+                    })
+                    .chain([
+                        res(
+                            &format!("{uid} writes granted"),
+                            fs::write(m.join("granted"), "x").map_err(e),
+                        ),
+                        res(
+                            &format!("{uid} lists dir"),
+                            fs::read_dir(m.join("dir")).map(|d| d.count()).map_err(e),
+                        ),
+                    ])
+                    .collect()
+            })
+        };
+        o.extend(read_as(1002));
+        o.extend(read_as(1003));
+        o
+    });
+    assert_eq!(
+        obs,
+        [
+            "granted's ACL: 44",
+            "narrowed 100600 1001:1001",
+            r#"1002 reads granted: "granted\n""#,
+            "1002 reads narrowed: EACCES",
+            "1002 reads denied: EACCES",
+            r#"1002 reads dir/inside: "inside\n""#,
+            "1002 writes granted: EACCES",
+            "1002 lists dir: 1",
+            "1003 reads granted: EACCES",
+            "1003 reads narrowed: EACCES",
+            r#"1003 reads denied: "denied\n""#,
+            "1003 reads dir/inside: EACCES",
+            "1003 writes granted: EACCES",
+            "1003 lists dir: EACCES",
+        ]
+    );
+}

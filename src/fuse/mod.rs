@@ -288,6 +288,9 @@ impl Filesystem for FuseAdapter {
             // AUTO keeps plain readdir for walks that never look names up.
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
+            // The kernel checks permissions against POSIX ACLs as well as modes, as
+            // overlayfs does with the layers' ACLs, and caches them.
+            InitFlags::FUSE_POSIX_ACL,
         ];
         for flag in wanted {
             if caps.contains(flag) {
