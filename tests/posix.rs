@@ -635,10 +635,14 @@ fn shared_mmap_writes_are_seen_by_read() {
     }
 }
 
-/// A `system.posix_acl_access` value: version 2, then (tag, permissions, id) per entry.
-fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+/// A `system.posix_acl_access` value (version 2, then tag, permissions and id per entry)
+/// of five entries: the owner, user 1002, the owning group, the mask and others, with the
+/// permissions given in that order.
+fn acl_naming_1002(perms: [u16; 5]) -> Vec<u8> {
+    const TAGS: [u16; 5] = [0x01, 0x02, 0x04, 0x10, 0x20];
     let mut v = 2u32.to_le_bytes().to_vec();
-    for &(tag, perm, id) in entries {
+    for (tag, perm) in TAGS.into_iter().zip(perms) {
+        let id = if tag == 0x02 { 1002 } else { u32::MAX };
         v.extend(tag.to_le_bytes());
         v.extend(perm.to_le_bytes());
         v.extend(id.to_le_bytes());
@@ -648,48 +652,24 @@ fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
 
 #[test]
 fn posix_acls_decide_access_as_the_modes_do() {
-    const USER_OBJ: u16 = 0x01;
-    const USER: u16 = 0x02;
-    const GROUP_OBJ: u16 = 0x04;
-    const MASK: u16 = 0x10;
-    const OTHER: u16 = 0x20;
-    const NO_ID: u32 = u32::MAX;
     let access = b"system.posix_acl_access";
     let pair = Pair::new(
         |l| {
             // 1002 may read a file its mode keeps from everyone but the owner...
             lower_file(l, "granted", b"granted\n", 0o640, 1001, 1001);
-            let grant = acl(&[
-                (USER_OBJ, 6, NO_ID),
-                (USER, 4, 1002),
-                (GROUP_OBJ, 0, NO_ID),
-                (MASK, 4, NO_ID),
-                (OTHER, 0, NO_ID),
-            ]);
+            let grant = acl_naming_1002([6, 4, 0, 4, 0]);
             common::set_xattr(&l.join("granted"), access, &grant);
             // ...and the same after a chmod narrows the mask (on the copied-up file).
             lower_file(l, "narrowed", b"narrowed\n", 0o640, 1001, 1001);
             common::set_xattr(&l.join("narrowed"), access, &grant);
             // 1002 may not read a file its mode lets everyone read.
             lower_file(l, "denied", b"denied\n", 0o644, 1001, 1001);
-            let deny = acl(&[
-                (USER_OBJ, 6, NO_ID),
-                (USER, 0, 1002),
-                (GROUP_OBJ, 4, NO_ID),
-                (MASK, 4, NO_ID),
-                (OTHER, 4, NO_ID),
-            ]);
+            let deny = acl_naming_1002([6, 0, 4, 4, 4]);
             common::set_xattr(&l.join("denied"), access, &deny);
             // 1002 may list a directory only its owner may by mode.
             lower_dir(l, "dir", 0o750, 1001, 1001);
             lower_file(l, "dir/inside", b"inside\n", 0o644, 1001, 1001);
-            let list = acl(&[
-                (USER_OBJ, 7, NO_ID),
-                (USER, 5, 1002),
-                (GROUP_OBJ, 0, NO_ID),
-                (MASK, 5, NO_ID),
-                (OTHER, 0, NO_ID),
-            ]);
+            let list = acl_naming_1002([7, 5, 0, 5, 0]);
             common::set_xattr(&l.join("dir"), access, &list);
         },
         &[],
