@@ -730,3 +730,65 @@ fn posix_acls_decide_access_as_the_modes_do() {
         ]
     );
 }
+
+#[test]
+fn new_objects_inherit_a_default_acl_instead_of_the_umask() {
+    let default = b"system.posix_acl_default";
+    let pair = Pair::new(
+        |l| {
+            lower_dir(l, "dd", 0o755, 0, 0);
+            // Names that exist below: created again over their whiteouts, in the work dir.
+            lower_file(l, "dd/old", b"old\n", 0o644, 0, 0);
+            lower_dir(l, "dd/olddir", 0o755, 0, 0);
+            common::set_xattr(&l.join("dd"), default, &acl_naming_1002([7, 6, 5, 7, 5]));
+        },
+        &[],
+    );
+    let obs = pair.same(|m| {
+        let d = m.join("dd");
+        let mut o = vec![
+            res("unlink old", fs::remove_file(d.join("old")).map_err(e)),
+            res("rmdir olddir", fs::remove_dir(d.join("olddir")).map_err(e)),
+        ];
+        o.extend(in_child(0, 0, 0o077, {
+            let d = d.clone();
+            move || {
+                let mut o = Vec::new();
+                for (n, mode) in [("new", 0o666), ("old", 0o640)] {
+                    let f = open(&d.join(n), libc::O_CREAT | libc::O_WRONLY, mode);
+                    o.push(res(&format!("create {n}"), f.map(drop)));
+                }
+                for (n, mode) in [("sub", 0o777), ("olddir", 0o755), ("sub/deeper", 0o777)] {
+                    let c = cpath(&d.join(n));
+                    // SAFETY: a valid C string.
+                    o.push(rc(
+                        &format!("mkdir {n}"),
+                        unsafe { libc::mkdir(c.as_ptr(), mode) } as i64,
+                    ));
+                }
+                let c = cpath(&d.join("fifo"));
+                // SAFETY: a valid C string.
+                o.push(rc("mkfifo", unsafe { libc::mkfifo(c.as_ptr(), 0o666) } as i64));
+                o
+            }
+        }));
+        for n in ["new", "old", "sub", "olddir", "sub/deeper", "fifo"] {
+            let p = d.join(n);
+            let acls = [b"system.posix_acl_access".as_slice(), default]
+                .map(|x| format!("{:?}", common::get_xattr(&p, x).map(|v| v.len())));
+            o.push(format!("{n} {} {}", describe(&p), acls.join(" ")));
+        }
+        o
+    });
+    // The umask (077) would have left 0600 and 0700; the ACL's mask takes the group bits.
+    for x in [
+        "new 100664 0:0 Ok(44) Err(61)",
+        "old 100640 0:0 Ok(44) Err(61)",
+        "sub 040775 0:0 Ok(44) Ok(44)",
+        "olddir 040755 0:0 Ok(44) Ok(44)",
+        "sub/deeper 040775 0:0 Ok(44) Ok(44)",
+        "fifo 010664 0:0 Ok(44) Err(61)",
+    ] {
+        assert!(obs.iter().any(|l| l == x), "missing {x:?} in {obs:#?}");
+    }
+}

@@ -2,6 +2,7 @@
 //! (`Result<T, Errno>`), independent of FUSE, so every rule can be exercised without a
 //! mount. The FUSE adapter in [`crate::fuse`] only converts and replies.
 
+mod acl;
 mod copyup;
 pub mod gate;
 pub mod handle;

@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use super::acl;
 use super::copyup::{WhiteoutFormat, remove_tree};
 use super::handle::OpenFile;
 use super::inode::{Node, NodeState};
@@ -112,12 +113,15 @@ impl UnionFs {
     }
 
     /// Creates a new object at `name` in `parent` owned by `caller`, replacing a whiteout
-    /// there if any, and returns its attributes (counting a kernel lookup).
+    /// there if any, and returns its attributes (counting a kernel lookup). Its mode is the
+    /// requested one under the caller's `umask`, or, in a directory with a default ACL,
+    /// under that ACL instead.
     pub fn create_object(
         &self,
         parent: u64,
         name: &OsStr,
         obj: NewObject<'_>,
+        umask: u32,
         caller: Caller,
     ) -> SysResult<Attr> {
         let _reason = trace::reason(match &obj {
@@ -163,27 +167,44 @@ impl UnionFs {
         } else {
             parent_st.st_gid
         };
-        let (is_dir, mode) = match &obj {
+        let (is_dir, requested) = match &obj {
             NewObject::File { mode } | NewObject::Node { mode, .. } => (false, *mode),
             NewObject::Dir { mode } => (true, *mode),
             NewObject::Symlink { .. } => (false, 0o777),
         };
+        let default_acl = match obj {
+            NewObject::Symlink { .. } => None,
+            _ => sys::get_xattr(upper, None, OsStr::new(acl::DEFAULT_XATTR))?,
+        };
+        let from_acl = default_acl
+            .as_deref()
+            .and_then(|d| acl::inherit(d, requested));
+        let mode = from_acl
+            .as_ref()
+            .map_or(requested & !(umask & 0o777), |i| i.mode);
         let make = |dir: BorrowedFd<'_>, n: &OsStr| -> SysResult<()> {
             match &obj {
-                NewObject::File { mode } => sys::open_at(
+                NewObject::File { .. } => sys::open_at(
                     dir,
                     n,
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                     mode & 0o777,
                 )
                 .map(drop),
-                NewObject::Dir { mode } => sys::mkdir_at(dir, n, mode & 0o777),
-                NewObject::Node { mode, rdev } => {
+                NewObject::Dir { .. } => sys::mkdir_at(dir, n, mode & 0o777),
+                NewObject::Node { rdev, .. } => {
                     sys::mknod_at(dir, n, (mode & libc::S_IFMT) | (mode & 0o777), *rdev)
                 }
                 NewObject::Symlink { target } => sys::symlink_at(target, dir, n),
             }?;
             sys::chown_at(dir, Some(n), Some(caller.uid), Some(gid))?;
+            // Set explicitly: built in the work dir, the object inherited nothing.
+            if let Some(access) = from_acl.as_ref().and_then(|i| i.access.as_deref()) {
+                sys::set_xattr(dir, Some(n), OsStr::new(acl::ACCESS_XATTR), access, 0)?;
+            }
+            if let (true, Some(default)) = (is_dir, &default_acl) {
+                sys::set_xattr(dir, Some(n), OsStr::new(acl::DEFAULT_XATTR), default, 0)?;
+            }
             // After chown (which clears setuid/setgid), the full requested mode; a new
             // directory in a setgid directory keeps the setgid bit it inherited.
             let inherited = if is_dir {
@@ -319,10 +340,11 @@ impl UnionFs {
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         flags: i32,
         caller: Caller,
     ) -> SysResult<(Attr, OpenedFile)> {
-        let attr = self.create_object(parent, name, NewObject::File { mode }, caller)?;
+        let attr = self.create_object(parent, name, NewObject::File { mode }, umask, caller)?;
         let node = self.node(attr.ino)?;
         let opened = self.open_upper(&node, flags & !libc::O_TRUNC)?;
         Ok((attr, opened))

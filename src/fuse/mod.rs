@@ -291,6 +291,8 @@ impl Filesystem for FuseAdapter {
             // The kernel checks permissions against POSIX ACLs as well as modes, as
             // overlayfs does with the layers' ACLs, and caches them.
             InitFlags::FUSE_POSIX_ACL,
+            // The umask reaches the daemon unapplied: under a default ACL it does not apply.
+            InitFlags::FUSE_DONT_MASK,
         ];
         for flag in wanted {
             if caps.contains(flag) {
@@ -427,7 +429,7 @@ impl Filesystem for FuseAdapter {
         let _turn = self.begin_request();
         let _pass = self.enter_gate();
         let caller = caller(req);
-        let (attr, opened) = match self.fs.create(parent.0, name, mode & !umask, flags, caller) {
+        let (attr, opened) = match self.fs.create(parent.0, name, mode, umask, flags, caller) {
             Ok(r) => r,
             Err(e) => return reply.error(errno(e)),
         };
@@ -462,11 +464,12 @@ impl Filesystem for FuseAdapter {
         let _turn = self.begin_request();
         let _pass = self.enter_gate();
         let obj = NewObject::Node {
-            mode: mode & !umask,
+            mode,
             rdev: u64::from(rdev),
         };
         self.reply_entry(
-            self.fs.create_object(parent.0, name, obj, caller(req)),
+            self.fs
+                .create_object(parent.0, name, obj, umask, caller(req)),
             reply,
         );
     }
@@ -482,11 +485,10 @@ impl Filesystem for FuseAdapter {
     ) {
         let _turn = self.begin_request();
         let _pass = self.enter_gate();
-        let obj = NewObject::Dir {
-            mode: mode & !umask,
-        };
+        let obj = NewObject::Dir { mode };
         self.reply_entry(
-            self.fs.create_object(parent.0, name, obj, caller(req)),
+            self.fs
+                .create_object(parent.0, name, obj, umask, caller(req)),
             reply,
         );
     }
@@ -505,7 +507,8 @@ impl Filesystem for FuseAdapter {
             target: target.as_os_str(),
         };
         self.reply_entry(
-            self.fs.create_object(parent.0, link_name, obj, caller(req)),
+            self.fs
+                .create_object(parent.0, link_name, obj, 0, caller(req)),
             reply,
         );
     }
