@@ -172,9 +172,12 @@ impl UnionFs {
             NewObject::Dir { mode } => (true, *mode),
             NewObject::Symlink { .. } => (false, 0o777),
         };
+        // An upper filesystem without ACLs (EOPNOTSUPP) has no default ACL either.
         let default_acl = match obj {
             NewObject::Symlink { .. } => None,
-            _ => sys::get_xattr(upper, None, OsStr::new(acl::DEFAULT_XATTR))?,
+            _ => sys::get_xattr(upper, None, OsStr::new(acl::DEFAULT_XATTR))
+                .ok()
+                .flatten(),
         };
         let from_acl = default_acl
             .as_deref()
