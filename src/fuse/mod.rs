@@ -30,6 +30,11 @@ use crate::fs::{Attr, Caller, FIRST_NON_DIR_OFFSET, NewObject, SetAttr, UnionFs}
 use crate::layer::FileKind;
 use crate::sys;
 
+/// Every open file asks the kernel not to send `FLUSH` on close: writes reach the upper
+/// file before their reply (through the daemon or by passthrough), so a flush has nothing
+/// to do, and skipping it saves one round trip per `close` (untar closes 20k files).
+const NO_FLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
 /// How the kernel may cache what the daemon tells it.
 #[derive(Clone, Copy, Debug)]
 pub struct CachePolicy {
@@ -404,14 +409,14 @@ impl Filesystem for FuseAdapter {
             && let Some(b) =
                 self.acquire_backing(ino.0, opened.upper, || reply.open_backing(&*opened.file))
         {
-            return reply.opened_passthrough(fh, FopenFlags::empty(), &b.id);
+            return reply.opened_passthrough(fh, NO_FLUSH, &b.id);
         }
         reply.opened(
             fh,
             if opened.upper {
-                FopenFlags::empty()
+                NO_FLUSH
             } else {
-                FopenFlags::FOPEN_KEEP_CACHE
+                NO_FLUSH | FopenFlags::FOPEN_KEEP_CACHE
             },
         );
     }
@@ -444,11 +449,11 @@ impl Filesystem for FuseAdapter {
                 &fa,
                 Generation(0),
                 fh,
-                FopenFlags::empty(),
+                NO_FLUSH,
                 &b.id,
             );
         }
-        reply.created(&self.cache.ttl, &fa, Generation(0), fh, FopenFlags::empty());
+        reply.created(&self.cache.ttl, &fa, Generation(0), fh, NO_FLUSH);
     }
 
     fn mknod(
@@ -629,6 +634,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // Not sent for handles opened with NO_FLUSH; nothing to do if it comes anyway.
         let _turn = self.begin_request();
         reply.ok();
     }

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod posix;
+pub mod requests;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
