@@ -40,8 +40,8 @@ impl RequestTrace {
         trace
     }
 
-    /// Stops counting and returns the requests seen, by opcode name without `FUSE_`.
-    pub fn stop(self) -> BTreeMap<String, usize> {
+    /// Stops counting and returns the requests seen.
+    pub fn stop(self) -> Requests {
         self.write(&format!("{EVENT}/enable"), "0\n");
         let text = fs::read_to_string(self.instance.join("trace")).expect("reading the trace");
         let mut counts = BTreeMap::new();
@@ -53,12 +53,23 @@ impl RequestTrace {
                 *counts.entry(name.to_string()).or_insert(0) += 1;
             }
         }
-        counts
+        Requests(counts)
     }
 
     fn write(&self, rel: &str, value: &str) {
         fs::write(self.instance.join(rel), value)
             .unwrap_or_else(|e| panic!("writing {value:?} to {rel} of the tracing instance: {e}"));
+    }
+}
+
+/// Requests by opcode name without `FUSE_`.
+#[derive(Debug)]
+pub struct Requests(pub BTreeMap<String, usize>);
+
+impl Requests {
+    /// How many `op` requests were sent (`"FLUSH"` for `FUSE_FLUSH`).
+    pub fn of(&self, op: &str) -> usize {
+        self.0.get(op).copied().unwrap_or(0)
     }
 }
 
