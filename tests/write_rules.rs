@@ -430,3 +430,45 @@ fn a_full_upper_gives_enospc_and_the_lower_file_stays() {
     assert_eq!(fs::read_to_string(s.m("small-file")).unwrap(), "ok");
     drop(m);
 }
+
+/// `rm -rf` of lower directories: each one's upper instance, full of the whiteouts just
+/// made, is moved into the work directory and deleted after the reply. The merged view and
+/// the upper are right at once, and once `ufsd umount` has returned (the daemon has
+/// exited) the work directory holds nothing but the shared whiteout.
+#[test]
+fn removed_directories_are_gone_from_the_work_dir_by_unmount() {
+    let s = stack();
+    for d in 0..20 {
+        let dir = s.lower.join(format!("tree/d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..30 {
+            fs::write(dir.join(format!("f{f}")), b"x").unwrap();
+        }
+    }
+    let m = s.mount(&[]);
+    let out = std::process::Command::new("rm")
+        .arg("-rf")
+        .arg(s.m("tree"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!s.m("tree").exists());
+    let wh = fs::symlink_metadata(s.upper.join("tree")).unwrap();
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "upper/tree: {wh:?}"
+    );
+    m.unmount().unwrap();
+
+    let left: Vec<String> = fs::read_dir(s.work.join("work"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| !e.file_type().unwrap().is_char_device())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "left in the work directory: {left:?}");
+}

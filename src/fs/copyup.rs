@@ -31,6 +31,18 @@ use crate::sys::{self, Errno, SetTime, Stat, SysResult};
 /// the upper directory and name of the first copy.
 type CopiedLinks = HashMap<(u64, u64), (OwnedFd, OsString)>;
 
+/// What a new whiteout takes the place of in the upper directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Replace {
+    /// No upper entry of that name.
+    Nothing,
+    /// An entry that may hold data: deleted before the reply, so its space is free then.
+    Entry,
+    /// A directory that was empty in the merged view, so it holds only whiteouts and
+    /// markers: deleted after the reply (see `discard`).
+    EmptiedDir,
+}
+
 /// How this mount writes whiteouts and opaque markers into the upper layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WhiteoutFormat {
@@ -358,18 +370,18 @@ impl UnionFs {
         }
     }
 
-    /// Creates a whiteout for `name` in the upper directory `dir`. With `replace`, an
-    /// existing upper entry of that name is swapped out atomically and removed.
+    /// Creates a whiteout for `name` in the upper directory `dir`. An existing upper
+    /// entry of that name (see [`Replace`]) is swapped out atomically and removed.
     pub(super) fn make_whiteout(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
-        replace: bool,
+        replace: Replace,
     ) -> SysResult<()> {
         let work = self.work()?;
         match self.whiteout {
             WhiteoutFormat::Overlay => {
-                if !replace {
+                if replace == Replace::Nothing {
                     return self.overlay_whiteout(dir, name);
                 }
                 let tmp = self.temp_name();
@@ -378,13 +390,13 @@ impl UnionFs {
                     let _ = sys::unlink_at(work, &tmp, false);
                     return Err(e);
                 }
-                remove_tree(work, &tmp)
+                self.dispose(work, tmp, replace)
             }
             WhiteoutFormat::Oci => {
-                if replace {
+                if replace != Replace::Nothing {
                     let tmp = self.temp_name();
                     sys::rename_at(dir, name, work, &tmp, 0)?;
-                    remove_tree(work, &tmp)?;
+                    self.dispose(work, tmp, replace)?;
                 }
                 let wh = whiteout::whiteout_name(name.as_bytes());
                 sys::open_at(
@@ -395,6 +407,22 @@ impl UnionFs {
                 )
                 .map(drop)
             }
+        }
+    }
+
+    /// Deletes `tmp`, moved aside into `work`: now, or later for an emptied directory.
+    pub(super) fn dispose(
+        &self,
+        work: BorrowedFd<'_>,
+        tmp: OsString,
+        how: Replace,
+    ) -> SysResult<()> {
+        match how {
+            Replace::EmptiedDir => {
+                self.discarder.later(work, tmp);
+                Ok(())
+            }
+            Replace::Nothing | Replace::Entry => remove_tree(work, &tmp),
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod acl;
 mod copyup;
+mod discard;
 pub mod gate;
 pub mod handle;
 mod index;
@@ -93,6 +94,8 @@ pub struct UnionFs {
     /// of (overlay format), as kernel overlayfs shares one: a link is far cheaper than a
     /// new inode.
     shared_whiteout: parking_lot::Mutex<Option<OsString>>,
+    /// Deletes removed directories' trees from the work directory after the reply.
+    discarder: discard::Discarder,
 }
 
 /// A name as found in the merged view by a fresh probe.
@@ -158,7 +161,14 @@ impl UnionFs {
             indexes: index::IndexCache::default(),
             tracer: Arc::default(),
             shared_whiteout: parking_lot::Mutex::new(None),
+            discarder: discard::Discarder::default(),
         })
+    }
+
+    /// Waits until the trees of removed directories are deleted from the work directory
+    /// (at unmount).
+    pub fn finish_discards(&self) {
+        self.discarder.finish();
     }
 
     pub fn stack(&self) -> &LayerStack {

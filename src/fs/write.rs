@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::acl;
-use super::copyup::{WhiteoutFormat, remove_tree};
+use super::copyup::{Replace, WhiteoutFormat, remove_tree};
 use super::handle::OpenFile;
 use super::inode::{Node, NodeState};
 use super::trace::{self, TraceEvent, TraceKind};
@@ -380,16 +380,23 @@ impl UnionFs {
         // only if it also shadows a lower one.
         let need_whiteout = !in_upper || self.lower_has(&pst, name)?;
         match (in_upper, need_whiteout) {
-            (true, true) => self.make_whiteout(upper, name, true)?,
+            (true, true) => {
+                let replace = if dir {
+                    Replace::EmptiedDir
+                } else {
+                    Replace::Entry
+                };
+                self.make_whiteout(upper, name, replace)?
+            }
             (true, false) if dir => {
                 // Its whiteouts go with it: move it aside, then delete.
                 let work = self.work()?;
                 let tmp = self.temp_name();
                 sys::rename_at(upper, name, work, &tmp, 0)?;
-                remove_tree(work, &tmp)?;
+                self.dispose(work, tmp, Replace::EmptiedDir)?;
             }
             (true, false) => sys::unlink_at(upper, name, false)?,
-            (false, _) => self.make_whiteout(upper, name, false)?,
+            (false, _) => self.make_whiteout(upper, name, Replace::Nothing)?,
         }
         // Only this name left the merged view: the rest of a cached listing still holds
         // (an `rm -rf` then resolves each name without probing the layers).
@@ -538,7 +545,7 @@ impl UnionFs {
             remove_tree(work, &tmp)?;
         }
         if need_whiteout && self.whiteout == WhiteoutFormat::Oci && !dir_onto_whiteout {
-            self.make_whiteout(up, name, false)?;
+            self.make_whiteout(up, name, Replace::Nothing)?;
         }
         if !exchange && self.whiteout == WhiteoutFormat::Oci {
             let wh = whiteout::whiteout_name(newname.as_bytes());

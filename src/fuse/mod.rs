@@ -926,6 +926,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn destroy(&mut self) {
+        self.fs.finish_discards();
         debug!(
             "filesystem destroyed; {} nodes were live",
             self.fs.live_nodes()
