@@ -41,7 +41,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR", requires = "upper")]
     work: Option<PathBuf>,
     /// Mount options, comma-separated: allow_other, ro, nodev, timeout=SECS, threads=N,
-    /// nopassthrough, whiteout=overlay|oci|auto, trace, and overlay-style
+    /// nopassthrough, uring, whiteout=overlay|oci|auto, trace, and overlay-style
     /// lowerdir=,upperdir=,workdir=.
     #[arg(short = 'o', value_name = "OPTS")]
     options: Vec<String>,
@@ -112,6 +112,8 @@ fn config_from(
     }
     cfg.passthrough = !o.no_passthrough;
     cfg.idle_poll = !o.no_idle_poll;
+    // The environment variable runs a whole test suite over io_uring.
+    cfg.uring = o.uring || std::env::var_os("UFSD_URING").is_some_and(|v| v == "1");
     cfg.trace = o.trace;
     cfg.whiteout = o.whiteout;
     Ok(cfg)

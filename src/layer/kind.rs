@@ -41,6 +41,19 @@ impl FileKind {
         })
     }
 
+    /// The `d_type` of this type.
+    pub fn dtype(self) -> u8 {
+        match self {
+            FileKind::Regular => libc::DT_REG,
+            FileKind::Directory => libc::DT_DIR,
+            FileKind::Symlink => libc::DT_LNK,
+            FileKind::Fifo => libc::DT_FIFO,
+            FileKind::Socket => libc::DT_SOCK,
+            FileKind::CharDevice => libc::DT_CHR,
+            FileKind::BlockDevice => libc::DT_BLK,
+        }
+    }
+
     /// The type in words, as `ufsd explain` prints it.
     pub fn name(self) -> &'static str {
         match self {

@@ -16,6 +16,7 @@ use record::write_pid_file;
 pub use record::{MountRecord, daemon_pid, mount_record, pid_file, stale_records};
 
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,7 +27,8 @@ use thiserror::Error;
 
 use crate::fs::{UnionFs, WhiteoutFormat};
 use crate::fuse::idle_poll::IdlePoll;
-use crate::fuse::{CachePolicy, FuseAdapter};
+use crate::fuse::uring::Rings;
+use crate::fuse::{CachePolicy, DevFuse, FuseAdapter};
 use crate::layer::LayerStack;
 use crate::sys::{self, process};
 
@@ -51,6 +53,9 @@ pub struct MountConfig {
     pub passthrough: bool,
     /// Keep idle CPUs polling while the mount is busy (see [`crate::fuse::idle_poll`]).
     pub idle_poll: bool,
+    /// Serve requests over FUSE over io_uring where the kernel offers it (see
+    /// [`crate::fuse::uring`]).
+    pub uring: bool,
     /// Log each copy-up and whiteout from the start (`-o trace`).
     pub trace: bool,
     pub foreground: bool,
@@ -78,6 +83,7 @@ impl MountConfig {
             threads: 4,
             passthrough: true,
             idle_poll: true,
+            uring: false,
             trace: false,
             foreground: false,
             log_file: None,
@@ -379,11 +385,24 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
             cfg.passthrough && sys::may_passthrough(),
         )
         .with_gate(gate.clone())
-        .with_meter(idle_poll.as_ref().map(IdlePoll::meter));
-        let session = Session::new(adapter, &cfg.mountpoint, &fuse_config(cfg))?;
-        Ok::<_, std::io::Error>((session, held, tracer))
+        .with_meter(idle_poll.as_ref().map(IdlePoll::meter))
+        .with_uring(cfg.uring);
+        let adapter = std::sync::Arc::new(adapter);
+        let session = Session::new(DevFuse(adapter.clone()), &cfg.mountpoint, &fuse_config(cfg))?;
+        // Before the session reads INIT: the adapter registers passthrough backing files
+        // with the device, and the ring threads wait for INIT.
+        adapter.set_device(session.as_fd().try_clone_to_owned()?);
+        let rings = if cfg.uring {
+            Some(Rings::start(
+                adapter,
+                session.as_fd().try_clone_to_owned()?,
+            )?)
+        } else {
+            None
+        };
+        Ok::<_, std::io::Error>((session, held, tracer, rings))
     })();
-    let (mut session, _held, tracer) = match started {
+    let (mut session, _held, tracer, rings) = match started {
         Ok(s) => s,
         Err(e) => {
             let err = mount_err(e);
@@ -420,6 +439,9 @@ pub fn serve(cfg: &MountConfig, notify: Option<process::ReadyNotifier>) -> Resul
         n.ready();
     }
     let result = session.run().map_err(mount_err);
+    if let Some(r) = rings {
+        r.join();
+    }
     if let Some(p) = pid_path {
         let _ = fs::remove_file(p);
     }
@@ -434,7 +456,6 @@ fn prepare_work(
     workdir: &Path,
     forced: Option<WhiteoutFormat>,
 ) -> std::io::Result<(std::os::fd::OwnedFd, WhiteoutFormat)> {
-    use std::os::fd::AsFd;
     let staging = workdir.join("work");
     match fs::create_dir(&staging) {
         Ok(()) => {}

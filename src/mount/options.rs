@@ -39,6 +39,8 @@ pub struct MountOptions {
     pub no_passthrough: bool,
     /// `noidlepoll`: never ask for idle CPUs to poll.
     pub no_idle_poll: bool,
+    /// `uring`: ask for FUSE over io_uring.
+    pub uring: bool,
     /// `trace`: log each copy-up and whiteout.
     pub trace: bool,
     /// `whiteout=overlay|oci` forces the whiteout format; `auto` (default) probes.
@@ -155,6 +157,7 @@ impl MountOptions {
             }
             "nopassthrough" => self.no_passthrough = true,
             "noidlepoll" => self.no_idle_poll = true,
+            "uring" => self.uring = true,
             "trace" => self.trace = true,
             "whiteout" => {
                 self.whiteout = match need(value)? {

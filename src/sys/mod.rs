@@ -383,6 +383,67 @@ pub fn may_passthrough() -> bool {
     euid() == 0
 }
 
+/// How many CPUs this machine may ever have (`/sys/devices/system/cpu/possible`): the
+/// kernel's per-CPU queues are numbered by them.
+pub fn possible_cpus() -> usize {
+    // A list of ranges such as "0-3" or "0,2-5"; the kernel numbers queues up to the last.
+    let last = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| {
+            let tail = s.trim().rsplit([',', '-']).next()?.to_string();
+            tail.parse::<usize>().ok()
+        });
+    match last {
+        Some(n) => n + 1,
+        None => {
+            // SAFETY: sysconf takes a constant and returns a count.
+            let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+            n.max(1) as usize
+        }
+    }
+}
+
+/// Binds the calling thread to `cpu`; a CPU that is offline is left alone.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain old data, set up by the CPU_ macros before use.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The argument of the FUSE device's backing-file ioctls (`struct fuse_backing_map`).
+#[repr(C)]
+struct FuseBackingMap {
+    fd: u32,
+    flags: u32,
+    padding: u64,
+}
+
+nix::ioctl_write_ptr!(fuse_backing_open_ioctl, 229, 1, FuseBackingMap);
+nix::ioctl_write_ptr!(fuse_backing_close_ioctl, 229, 2, u32);
+
+/// Registers `file` with the FUSE connection `dev` as a passthrough backing file
+/// (`FUSE_DEV_IOC_BACKING_OPEN`) and returns its backing id.
+pub fn fuse_backing_open(dev: BorrowedFd, file: BorrowedFd) -> SysResult<u32> {
+    let map = FuseBackingMap {
+        fd: file.as_raw_fd() as u32,
+        flags: 0,
+        padding: 0,
+    };
+    // SAFETY: the ioctl reads one fuse_backing_map, which `map` is.
+    let id = unsafe { fuse_backing_open_ioctl(dev.as_raw_fd(), &map) }?;
+    Ok(id as u32)
+}
+
+/// Drops a backing id registered by [`fuse_backing_open`] (`FUSE_DEV_IOC_BACKING_CLOSE`).
+pub fn fuse_backing_close(dev: BorrowedFd, id: u32) -> SysResult<()> {
+    // SAFETY: the ioctl reads one u32.
+    unsafe { fuse_backing_close_ioctl(dev.as_raw_fd(), &id) }?;
+    Ok(())
+}
+
 /// `umount2(path, flags)`; `lazy` adds `MNT_DETACH`.
 pub fn unmount(path: &Path, lazy: bool) -> SysResult<()> {
     let flags = if lazy {
