@@ -118,3 +118,30 @@ fn find_on_a_fresh_mount_sends_no_lookup() {
     );
     assert_eq!(sent.of("LOOKUP"), 0, "{sent:?}");
 }
+
+/// Names looked up once, present or absent, are not looked up again: the kernel caches
+/// entries, negative ones included, for the entry timeout (the layers below change only
+/// through the daemon).
+#[test]
+fn a_second_lookup_of_a_name_present_or_absent_sends_nothing() {
+    let s = stack();
+    fs::write(s.lower.join("here"), b"x").unwrap();
+    let _m = s.mount(&[]);
+    let look = || {
+        assert!(fs::symlink_metadata(s.m("here")).is_ok());
+        assert!(fs::symlink_metadata(s.m("absent")).is_err());
+    };
+    let trace = RequestTrace::start(&s.mnt);
+    look();
+    let first = trace.stop();
+    assert_eq!(first.of("LOOKUP"), 2, "the first lookups: {first:?}");
+    let trace = RequestTrace::start(&s.mnt);
+    look();
+    look();
+    let again = trace.stop();
+    assert_eq!(
+        again.of("LOOKUP"),
+        0,
+        "names were looked up again: {again:?}"
+    );
+}

@@ -98,9 +98,10 @@ fn to_file_attr(a: &Attr) -> FileAttr {
 
 fn reply_entry(r: sys::SysResult<EntryOut>, reply: ReplyEntry) {
     match r {
+        // fuser takes the attribute timeout first.
         Ok(e) => reply.entry_with_ttls(
-            &e.entry_ttl,
             &e.attr_ttl,
+            &e.entry_ttl,
             &to_file_attr(&e.attr),
             Generation(0),
         ),
