@@ -240,8 +240,8 @@ fn set_time(valid: u32, set: u32, now: u32, secs: u64, nsecs: u32) -> Option<Set
 pub enum Served {
     /// A reply of `len` payload bytes (0 for an error or an empty reply), with `error`.
     Reply { error: i32, len: usize },
-    /// The session ended (`DESTROY` was answered).
-    Destroyed { len: usize },
+    /// The session ends: `DESTROY`, answered with an empty reply.
+    Destroyed,
 }
 
 /// Serves one request: `op` is its argument struct, `payload` its names and data, and
@@ -249,7 +249,7 @@ pub enum Served {
 pub fn serve(fs: &FuseAdapter, h: &InHeader, op: &[u8], payload: &[u8], out: &mut [u8]) -> Served {
     let mut o = Out::new(out);
     match dispatch(fs, h, op, payload, &mut o) {
-        Ok(()) if h.opcode == DESTROY => Served::Destroyed { len: 0 },
+        Ok(()) if h.opcode == DESTROY => Served::Destroyed,
         Ok(()) => Served::Reply {
             error: 0,
             len: o.len(),
@@ -473,4 +473,125 @@ pub fn out_header(b: &mut [u8], unique: u64, error: i32, len: usize) {
     b[0..4].copy_from_slice(&((OUT_HEADER + len) as u32).to_ne_bytes());
     b[4..8].copy_from_slice(&error.to_ne_bytes());
     b[8..16].copy_from_slice(&unique.to_ne_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys;
+
+    fn attr_of(ino: u64, mode: u32) -> Attr {
+        let mut st = sys::zeroed_stat();
+        st.st_mode = mode;
+        st.st_size = 4242;
+        st.st_nlink = 3;
+        Attr {
+            ino,
+            st,
+            volatile: false,
+        }
+    }
+
+    #[test]
+    fn entry_out_has_the_kernel_layout() {
+        let e = EntryOut {
+            attr: attr_of(77, libc::S_IFREG | 0o640),
+            entry_ttl: Duration::new(5, 6),
+            attr_ttl: Duration::new(7, 8),
+        };
+        let mut b = Bytes::with_capacity(ENTRY_OUT);
+        entry_out(&mut b, &e);
+        let b = b.0;
+        assert_eq!(b.len(), ENTRY_OUT);
+        assert_eq!(u64_at(&b, 0), 77, "nodeid");
+        assert_eq!(
+            (u64_at(&b, 16), u64_at(&b, 24)),
+            (5, 7),
+            "entry and attr valid"
+        );
+        assert_eq!(
+            (u32_at(&b, 32), u32_at(&b, 36)),
+            (6, 8),
+            "their nanoseconds"
+        );
+        // struct fuse_attr starts at 40: ino, size, ..., mode at 60, nlink at 64.
+        assert_eq!(u64_at(&b, 40), 77);
+        assert_eq!(u64_at(&b, 48), 4242);
+        assert_eq!(u32_at(&b, 40 + 60), libc::S_IFREG | 0o640);
+        assert_eq!(u32_at(&b, 40 + 64), 3);
+    }
+
+    #[test]
+    fn attr_out_and_open_out_have_the_kernel_layout() {
+        let mut b = Bytes::with_capacity(ATTR_OUT);
+        attr_out(
+            &mut b,
+            &attr_of(9, libc::S_IFDIR | 0o755),
+            Duration::new(1, 2),
+        );
+        assert_eq!(b.0.len(), ATTR_OUT);
+        assert_eq!((u64_at(&b.0, 0), u32_at(&b.0, 8)), (1, 2));
+        assert_eq!(u64_at(&b.0, 16), 9, "fuse_attr follows at 16");
+
+        let mut b = Bytes::with_capacity(OPEN_OUT);
+        let o = OpenOut {
+            fh: 12,
+            flags: fuser::FopenFlags::FOPEN_NOFLUSH,
+            backing: Some(3),
+        };
+        open_out(&mut b, &o);
+        assert_eq!(b.0.len(), OPEN_OUT);
+        assert_eq!(u64_at(&b.0, 0), 12);
+        let flags = u32_at(&b.0, 8);
+        assert_ne!(
+            flags & FOPEN_PASSTHROUGH,
+            0,
+            "a backing id asks for passthrough"
+        );
+        assert_ne!(flags & fuser::FopenFlags::FOPEN_NOFLUSH.bits(), 0);
+        assert_eq!(u32_at(&b.0, 12), 3, "backing id");
+    }
+
+    #[test]
+    fn dirents_are_padded_to_eight_bytes() {
+        for (name, len) in [(&b"abc"[..], 32), (b"abcdefgh", 32), (b"abcdefghi", 40)] {
+            let mut b = Bytes::with_capacity(64);
+            dirent(&mut b, 5, 6, u32::from(libc::DT_REG), name);
+            assert_eq!(b.0.len(), len, "{name:?}");
+            assert_eq!(u64_at(&b.0, 0), 5);
+            assert_eq!(u64_at(&b.0, 8), 6);
+            assert_eq!(u32_at(&b.0, 16) as usize, name.len());
+            assert_eq!(u32_at(&b.0, 20), u32::from(libc::DT_REG));
+            assert_eq!(&b.0[DIRENT..DIRENT + name.len()], name);
+        }
+    }
+
+    #[test]
+    fn names_are_read_up_to_their_nul() {
+        let two = b"old\0new\0";
+        let got: Vec<_> = names(two).take(2).collect();
+        assert_eq!(got, [OsStr::new("old"), OsStr::new("new")]);
+        assert_eq!(first_name(b"x\0").unwrap(), OsStr::new("x"));
+        assert_eq!(first_name(b"").unwrap_err(), Errno::EINVAL);
+        assert_eq!(first_name(b"\0").unwrap_err(), Errno::EINVAL);
+    }
+
+    #[test]
+    fn a_reply_that_does_not_fit_is_refused_whole() {
+        let mut buf = [0u8; 10];
+        let mut o = Out::new(&mut buf);
+        assert!(o.put(b"12345678", 10));
+        assert!(!o.put(b"abc", 10), "past the limit");
+        assert_eq!(o.len(), 8, "nothing of the refused bytes was kept");
+        assert!(o.push(b"abc").is_err(), "past the buffer");
+    }
+
+    #[test]
+    fn the_out_header_counts_itself() {
+        let mut h = [0u8; 16];
+        out_header(&mut h, 99, -2, 104);
+        assert_eq!(u32_at(&h, 0), 120);
+        assert_eq!(u32_at(&h, 4) as i32, -2);
+        assert_eq!(u64_at(&h, 8), 99);
+    }
 }

@@ -21,6 +21,7 @@ mod codec;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,12 @@ impl Negotiation {
         self.changed.notify_all();
     }
 
+    /// Releases threads still waiting for `INIT`: the session ended without one.
+    fn give_up(&self) {
+        self.settled.lock().get_or_insert(false);
+        self.changed.notify_all();
+    }
+
     /// Waits for `INIT`; false if io_uring was not granted or `INIT` never came.
     fn granted(&self, timeout: Duration) -> bool {
         let mut s = self.settled.lock();
@@ -93,7 +100,10 @@ impl Negotiation {
 
 /// The queue threads of one mount.
 pub struct Rings {
+    fs: Arc<FuseAdapter>,
     threads: Vec<JoinHandle<()>>,
+    /// One message from each thread as it ends.
+    ended: mpsc::Receiver<()>,
 }
 
 impl Rings {
@@ -103,13 +113,16 @@ impl Rings {
         let dev = Arc::new(dev);
         let queues = sys::possible_cpus();
         let announced = Arc::new(AtomicBool::new(false));
+        let (end_tx, ended) = mpsc::channel();
         let mut threads = Vec::with_capacity(queues);
         for qid in 0..queues {
             let (fs, dev, announced) = (fs.clone(), dev.clone(), announced.clone());
+            let end_tx = end_tx.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ufsd-ring-{qid}"))
                     .spawn(move || {
+                        let _ended = Ended(end_tx);
                         if !fs.uring.granted(Duration::from_secs(30)) {
                             return;
                         }
@@ -127,14 +140,34 @@ impl Rings {
                     })?,
             );
         }
-        Ok(Rings { threads })
+        Ok(Rings { fs, threads, ended })
     }
 
-    /// Waits for the queue threads, which end when the session does.
+    /// Waits for the queue threads after the session ended. The kernel ends their commands
+    /// when the mount goes; should a thread still wait after 5 s (the session ended some
+    /// other way), the process exits without it.
     pub fn join(self) {
+        self.fs.uring.give_up();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for _ in 0..self.threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.ended.recv_timeout(left).is_err() {
+                warn!("a ring thread did not end with the session");
+                return;
+            }
+        }
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+/// Tells [`Rings::join`] that a thread ended, however it ends.
+struct Ended(mpsc::Sender<()>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
     }
 }
 
@@ -151,6 +184,8 @@ struct Queue {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     dev: i32,
     entries: Vec<Entry>,
+    /// The request's payload, copied out of the buffer its reply overwrites.
+    request: Vec<u8>,
 }
 
 impl Queue {
@@ -186,6 +221,7 @@ impl Queue {
             ring,
             dev: dev.as_raw_fd(),
             entries,
+            request: Vec::new(),
         })
     }
 
@@ -277,7 +313,7 @@ impl Queue {
     /// Serves the request in entry `i` and writes the reply there; returns the commit id
     /// and whether it ended the session.
     fn answer(&mut self, i: usize, fs: &FuseAdapter) -> (u64, bool) {
-        let e = &mut self.entries[i];
+        let (e, request) = (&mut self.entries[i], &mut self.request);
         let h = codec::InHeader::decode(&e.header[..]);
         let commit_id = u64::from_ne_bytes(
             e.header[ENT_IN_OUT + 8..ENT_IN_OUT + 16]
@@ -289,13 +325,13 @@ impl Queue {
                 .try_into()
                 .unwrap(),
         ) as usize;
-        // The request's payload is copied out, as the reply overwrites the same buffer.
-        let payload = e.payload[..payload_sz.min(PAYLOAD)].to_vec();
+        request.clear();
+        request.extend_from_slice(&e.payload[..payload_sz.min(PAYLOAD)]);
         let op: [u8; OP_IN] = e.header[128..256].try_into().unwrap();
-        let served = codec::serve(fs, &h, &op, &payload, &mut e.payload);
+        let served = codec::serve(fs, &h, &op, request, &mut e.payload);
         let (error, len, destroyed) = match served {
             codec::Served::Reply { error, len } => (error, len, false),
-            codec::Served::Destroyed { len } => (0, len, true),
+            codec::Served::Destroyed => (0, 0, true),
         };
         if destroyed {
             fs.destroy();
