@@ -67,32 +67,66 @@ fn lower(dir: &Path) -> LayerBuilder {
     l
 }
 
+/// A lower layer, an upper, and ufsd mounted with `-o uring` and a log, with the module
+/// parameter set to `on` (and the lock held) until it is dropped.
+struct Setup {
+    // Fields drop in order: the mount goes before its directories.
+    ufsd: Option<Mounted>,
+    t: tempfile::TempDir,
+    mnt: std::path::PathBuf,
+    log: std::path::PathBuf,
+    layer: LayerBuilder,
+    _param: Param,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Setup {
+    fn new(on: bool) -> Setup {
+        let lock = PARAM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let param = Param::set(on);
+        let t = scratch();
+        let layer = lower(&t.path().join("l"));
+        let (u, w, mnt) = (
+            mkdir(t.path(), "u"),
+            mkdir(t.path(), "w"),
+            mkdir(t.path(), "m"),
+        );
+        let log = t.path().join("daemon.log");
+        let args = ["-o", "uring", "-v", "--log-file", log.to_str().unwrap()];
+        let ufsd = mount_ufsd(&[&layer.root], Some((&u, &w)), &mnt, &args);
+        Setup {
+            t,
+            mnt,
+            log,
+            layer,
+            ufsd: Some(ufsd),
+            _param: param,
+            _lock: lock,
+        }
+    }
+
+    /// Unmounts and returns the daemon's log.
+    fn finish(&mut self) -> String {
+        let m = self.ufsd.take().expect("mounted");
+        m.unmount().expect("unmounting ufsd");
+        fs::read_to_string(&self.log).unwrap()
+    }
+}
+
 #[test]
 fn with_the_module_parameter_on_requests_arrive_over_io_uring() {
-    let _lock = PARAM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let _param = Param::set(true);
-    let t = scratch();
-    let l = lower(&t.path().join("l"));
-    let (u, w, m) = (
-        mkdir(t.path(), "u"),
-        mkdir(t.path(), "w"),
-        mkdir(t.path(), "m"),
-    );
+    let mut s = Setup::new(true);
     let (ku, kw, km) = (
-        mkdir(t.path(), "ku"),
-        mkdir(t.path(), "kw"),
-        mkdir(t.path(), "km"),
+        mkdir(s.t.path(), "ku"),
+        mkdir(s.t.path(), "kw"),
+        mkdir(s.t.path(), "km"),
     );
-    let log = t.path().join("daemon.log");
-    let args = ["-o", "uring", "-v", "--log-file", log.to_str().unwrap()];
-    let ufsd = mount_ufsd(&[&l.root], Some((&u, &w)), &m, &args);
-    let kernel = mount_overlay(&[&l.root], Some((&ku, &kw)), &km);
-    change(&m);
+    let kernel = mount_overlay(&[&s.layer.root], Some((&ku, &kw)), &km);
+    change(&s.mnt);
     change(&km);
-    assert_same_tree(&m, &km);
-    ufsd.unmount().expect("unmounting ufsd");
+    assert_same_tree(&s.mnt, &km);
     kernel.unmount().expect("unmounting overlayfs");
-    let text = fs::read_to_string(&log).unwrap();
+    let text = s.finish();
     assert!(
         text.contains("requests arrive over io_uring"),
         "the daemon never served a request over io_uring; its log:\n{text}"
@@ -101,21 +135,9 @@ fn with_the_module_parameter_on_requests_arrive_over_io_uring() {
 
 #[test]
 fn with_the_module_parameter_off_the_mount_serves_over_dev_fuse() {
-    let _lock = PARAM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let _param = Param::set(false);
-    let t = scratch();
-    let l = lower(&t.path().join("l"));
-    let (u, w, m) = (
-        mkdir(t.path(), "u"),
-        mkdir(t.path(), "w"),
-        mkdir(t.path(), "m"),
-    );
-    let log = t.path().join("daemon.log");
-    let args = ["-o", "uring", "-v", "--log-file", log.to_str().unwrap()];
-    let ufsd = mount_ufsd(&[&l.root], Some((&u, &w)), &m, &args);
-    change(&m);
-    ufsd.unmount().expect("unmounting ufsd");
-    let text = fs::read_to_string(&log).unwrap();
+    let mut s = Setup::new(false);
+    change(&s.mnt);
+    let text = s.finish();
     assert!(
         text.contains("does not offer FUSE over io_uring"),
         "the daemon did not say io_uring was refused; its log:\n{text}"
