@@ -9,6 +9,7 @@ pub mod gate;
 pub mod handle;
 mod index;
 pub mod inode;
+mod prefetch;
 pub mod trace;
 mod write;
 
@@ -96,6 +97,8 @@ pub struct UnionFs {
     shared_whiteout: parking_lot::Mutex<Option<OsString>>,
     /// Deletes removed directories' trees from the work directory after the reply.
     discarder: discard::Discarder,
+    /// Reads ahead the inodes of directories being walked.
+    prefetcher: prefetch::Prefetcher,
 }
 
 /// A name as found in the merged view by a fresh probe.
@@ -162,12 +165,14 @@ impl UnionFs {
             tracer: Arc::default(),
             shared_whiteout: parking_lot::Mutex::new(None),
             discarder: discard::Discarder::default(),
+            prefetcher: prefetch::Prefetcher::default(),
         })
     }
 
     /// Waits until the trees of removed directories are deleted from the work directory
     /// (at unmount).
     pub fn finish_discards(&self) {
+        self.prefetcher.finish();
         self.discarder.finish();
     }
 
@@ -408,6 +413,9 @@ impl UnionFs {
             match index.get(name) {
                 None => return Ok(None),
                 Some(&(layer, kind)) if !kind.is_dir() => {
+                    if self.prefetcher.file_looked_up(parent.id, self.generation()) {
+                        self.read_ahead(pst, &index);
+                    }
                     if let Some(fd) = pst.dir_in(layer)
                         && let Ok(st) = sys::stat_at(fd, name)
                         && FileKind::from_mode(st.st_mode) == Some(kind)
@@ -438,6 +446,28 @@ impl UnionFs {
         let index = Arc::new(index_of(&merged));
         self.indexes.put(id, generation, token, index.clone());
         Ok(index)
+    }
+
+    /// Has the inodes of the names of an indexed directory read in the background: the
+    /// lookups of its files are likely to go on (see `prefetch`).
+    fn read_ahead(&self, pst: &NodeState, index: &DirIndex) {
+        let mut by_layer: Vec<(usize, Vec<OsString>)> = Vec::new();
+        for (name, &(layer, _)) in index.iter().take(prefetch::MAX_NAMES) {
+            match by_layer.iter_mut().find(|(l, _)| *l == layer) {
+                Some((_, names)) => names.push(name.clone()),
+                None => by_layer.push((layer, vec![name.clone()])),
+            }
+        }
+        for (layer, mut names) in by_layer {
+            let Some(dir) = pst
+                .dir_in(layer)
+                .and_then(|fd| fd.try_clone_to_owned().ok())
+            else {
+                continue;
+            };
+            names.sort_unstable();
+            self.prefetcher.ahead(prefetch::Job { dir, names });
+        }
     }
 
     /// Probes `name` in the directory state `pst` without touching the node table.
