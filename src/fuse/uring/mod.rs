@@ -181,6 +181,8 @@ struct Entry {
 
 struct Queue {
     qid: usize,
+    /// Declared before the buffers, so dropped first: closing the ring ends the kernel's
+    /// use of them.
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     dev: i32,
     entries: Vec<Entry>,
