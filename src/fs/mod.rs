@@ -169,9 +169,9 @@ impl UnionFs {
         })
     }
 
-    /// Waits until the trees of removed directories are deleted from the work directory
-    /// (at unmount).
-    pub fn finish_discards(&self) {
+    /// At unmount: stops reading ahead, and waits until the trees of removed directories
+    /// are deleted from the work directory.
+    pub fn finish_background(&self) {
         self.prefetcher.finish();
         self.discarder.finish();
     }

@@ -23,7 +23,8 @@ use parking_lot::Mutex;
 
 use crate::sys;
 
-/// Names read ahead per directory at most: a walk of a huge directory gets the first ones.
+/// Names read ahead per directory at most: of a huge directory, any 2,048 of its names
+/// (the index is a hash map) are read, in name order.
 pub(super) const MAX_NAMES: usize = 2048;
 /// File lookups in one directory from which its names are read ahead.
 const FILE_LOOKUPS: u32 = 4;

@@ -279,7 +279,7 @@ impl FuseAdapter {
 
     /// The session ended (`DESTROY`, or the device closed).
     pub fn destroy(&self) {
-        self.fs.finish_discards();
+        self.fs.finish_background();
         debug!(
             "filesystem destroyed; {} nodes were live",
             self.fs.live_nodes()
