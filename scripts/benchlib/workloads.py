@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import time
 from collections import Counter
@@ -26,6 +27,8 @@ from .system import BenchError, rmtree, run, settle, timed, wait_no_cpu_latency_
 from .trace import RequestCounter
 
 MIB = 1 << 20
+# Times each warm step that leaves its mount unchanged runs per repetition (median kept).
+WARM_REPEATS = 3
 T = TypeVar("T")
 
 
@@ -68,9 +71,18 @@ class Ctx:
     strace: bool = False  # also count the daemon's syscalls (slows the daemon down)
     warnings: list[str] = field(default_factory=list)
 
-    def measure(self, m: Mount, cold: bool, fn: Callable[[], float]) -> Sample:
+    def measure(self, m: Mount, cold: bool, fn: Callable[[], float], repeat: int = 1) -> Sample:
         """Settles the machine, then runs `fn` (which returns its own measure) while the
-        FUSE requests to `m` are counted (and, with --strace, the daemon's syscalls)."""
+        FUSE requests to `m` are counted (and, with --strace, the daemon's syscalls).
+
+        With `repeat` > 1 (warm steps that leave the mount as they found it) the step runs
+        that many times, each settled alike, and the sample is the median value with the
+        first run's counts: a step of 1-200 ms swings with the host more than the gaps it
+        is meant to show."""
+        runs = [self._measure_once(m, cold, fn) for _ in range(repeat)]
+        return Sample(statistics.median(r.value for r in runs), runs[0].requests, runs[0].syscalls)
+
+    def _measure_once(self, m: Mount, cold: bool, fn: Callable[[], float]) -> Sample:
         settle(cold, self.prefault_mib)
         # Idle CPUs that poll would speed up any kind's step: every step starts without.
         if not wait_no_cpu_latency_request():
@@ -192,8 +204,8 @@ def data_reads(ctx: Ctx, kind: str) -> dict[str, Sample]:
         f = m.mnt / "b.bin"
         out["randcold"] = ctx.measure(m, True, lambda: _fio(f, ctx.fx.sizes.rand_cold_ios))
         ctx.expect("read bytes", _read_all(f), ctx.fx.sizes.big_mib * MIB, kind)
-        out["seqread"] = ctx.measure(m, False, lambda: _throughput(f))
-        out["randwarm"] = ctx.measure(m, False, lambda: _fio(f, ctx.fx.sizes.rand_warm_ios))
+        out["seqread"] = ctx.measure(m, False, lambda: _throughput(f), WARM_REPEATS)
+        out["randwarm"] = ctx.measure(m, False, lambda: _fio(f, ctx.fx.sizes.rand_warm_ios), WARM_REPEATS)
     ctx.mounted(kind, ctx.fx.big(), body)
     return out
 
@@ -272,7 +284,7 @@ def lstat_all(ctx: Ctx, kind: str) -> dict[str, Sample]:
             def go() -> float:
                 secs, found[0], _ = ctx.probe_lstat(m.mnt, "all")
                 return secs
-            out[key] = ctx.measure(m, cold, go)
+            out[key] = ctx.measure(m, cold, go, 1 if cold else WARM_REPEATS)
             ctx.expect("lstat found", found[0], ctx.fx.merged_entries, kind)
         if m.pid:
             run(["find", str(m.mnt)])
@@ -292,7 +304,7 @@ def list_dir(ctx: Ctx, kind: str) -> dict[str, Sample]:
             def go() -> float:
                 secs, entries[0] = ctx.probe_list(m.mnt / "d")
                 return secs
-            out[key] = ctx.measure(m, cold, go)
+            out[key] = ctx.measure(m, cold, go, 1 if cold else WARM_REPEATS)
             ctx.expect("listed entries", entries[0], ctx.fx.sizes.dir_entries + 2, kind)
     ctx.mounted(kind, ctx.fx.merged_dir(), body)
     return out
@@ -334,7 +346,7 @@ def lookups(present: bool) -> Callable[[Ctx, str], dict[str, Sample]]:
                 def go() -> float:
                     secs, res[0], res[1] = ctx.probe_lstat(m.mnt, listname, rounds)
                     return secs
-                sample = ctx.measure(m, False, go)
+                sample = ctx.measure(m, False, go, 1 if rounds == 1 else WARM_REPEATS)
                 sample.value = sample.value / (n * rounds) * 1e6  # µs per lookup
                 ctx.expect(f"{listname} lookups found", res[0], n * rounds if present else 0, kind)
                 out[key] = sample
