@@ -29,9 +29,15 @@ from .trace import RequestCounter
 MIB = 1 << 20
 # Times each warm step that leaves its mount unchanged runs per repetition (median kept).
 WARM_REPEATS = 3
+# Cold random reads run this many times per repetition, caches dropped before each: the
+# kernel's own figure moved between 8k and 13k IOPS from one run to the next.
+COLD_READ_REPEATS = 3
 # `rm -rf` runs this many times per repetition, each on a fresh mount (median kept): per
 # repetition its ratio to the kernel swung 1.0-2.8x across five full runs, around a 2x target.
 RM_REPEATS = 3
+# Cold random reads run this many times per repetition, caches dropped before each: the
+# kernel's own figure moved between 8k and 13k IOPS from one run to the next.
+COLD_READ_REPEATS = 3
 T = TypeVar("T")
 
 
@@ -85,10 +91,12 @@ class Ctx:
 
         With `repeat` > 1 (warm steps that leave the mount as they found it) the step runs
         that many times and the sample is the median value with the first run's counts: a
-        step of 1-250 ms swings with the host more than the gaps it is meant to show. Only
-        the first run prefaults memory (1-2.5 s each here); the runs after it follow within
-        a second or two, before the VM hands that memory back."""
-        runs = [self._measure_once(m, cold, fn, self.prefault_mib if i == 0 else 0) for i in range(repeat)]
+        step of 1-250 ms swings with the host more than the gaps it is meant to show. A
+        warm step prefaults memory (1-2.5 s each here) before its first run only: the runs
+        after it follow within a second or two, before the VM hands that memory back. A
+        cold step is settled in full (caches dropped, memory prefaulted) before every run."""
+        runs = [self._measure_once(m, cold, fn, self.prefault_mib if i == 0 or cold else 0)
+                for i in range(repeat)]
         return median_sample(runs)
 
     def _measure_once(self, m: Mount, cold: bool, fn: Callable[[], float], prefault_mib: int) -> Sample:
@@ -211,7 +219,7 @@ def data_reads(ctx: Ctx, kind: str) -> dict[str, Sample]:
 
     def body(m: Mount) -> None:
         f = m.mnt / "b.bin"
-        out["randcold"] = ctx.measure(m, True, lambda: _fio(f, ctx.fx.sizes.rand_cold_ios))
+        out["randcold"] = ctx.measure(m, True, lambda: _fio(f, ctx.fx.sizes.rand_cold_ios), COLD_READ_REPEATS)
         ctx.expect("read bytes", _read_all(f), ctx.fx.sizes.big_mib * MIB, kind)
         out["seqread"] = ctx.measure(m, False, lambda: _throughput(f), WARM_REPEATS)
         out["randwarm"] = ctx.measure(m, False, lambda: _fio(f, ctx.fx.sizes.rand_warm_ios), WARM_REPEATS)
