@@ -35,9 +35,6 @@ COLD_READ_REPEATS = 3
 # `rm -rf` runs this many times per repetition, each on a fresh mount (median kept): per
 # repetition its ratio to the kernel swung 1.0-2.8x across five full runs, around a 2x target.
 RM_REPEATS = 3
-# Cold random reads run this many times per repetition, caches dropped before each: the
-# kernel's own figure moved between 8k and 13k IOPS from one run to the next.
-COLD_READ_REPEATS = 3
 T = TypeVar("T")
 
 
